@@ -1,0 +1,30 @@
+"""ORM rows -> API types."""
+
+from __future__ import annotations
+
+from app.registry.models import Artefact, Photo
+from app.schemas import ArtefactFields, ArtefactOut, PhotoOut
+from app.service import MatchingService
+
+FIELD_NAMES = tuple(ArtefactFields.model_fields)
+
+
+def photo_out(photo: Photo, indexed: bool) -> PhotoOut:
+    return PhotoOut(
+        id=photo.id, artefact_id=photo.artefact_id, sha256=photo.sha256, view=photo.view, width=photo.width,
+        height=photo.height, format=photo.format, indexed=indexed, url=f"/v1/photos/{photo.id}",
+        thumbnail_url=f"/v1/photos/{photo.id}?size=thumb",
+    )
+
+
+def artefact_outs(service: MatchingService, artefacts: list[Artefact]) -> list[ArtefactOut]:
+    photo_ids = [p.id for a in artefacts for p in a.photos]
+    indexed = service.indexed_photo_ids(photo_ids)
+    return [
+        ArtefactOut(
+            id=a.id, created_at=a.created_at, updated_at=a.updated_at,
+            photos=[photo_out(p, p.id in indexed) for p in a.photos],
+            **{name: getattr(a, name) for name in FIELD_NAMES},
+        )
+        for a in artefacts
+    ]

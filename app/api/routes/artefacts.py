@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import get_service, read_upload
+from app.api.presenters import artefact_outs
+from app.errors import AppError
+from app.registry.models import ArtefactStatus
+from app.registry.store import ArtefactFilter
+from app.schemas import ArtefactCreate, ArtefactOut, ArtefactPage, ArtefactUpdate, ErrorResponse, PhotoOut
+from app.service import MatchingService, PhotoInput
+
+router = APIRouter(prefix="/v1/artefacts", tags=["artefacts"])
+
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such artefact."}}
+CONFLICT = {409: {"model": ErrorResponse, "description": "Inventory number already registered."}}
+MAX_PHOTOS_PER_REQUEST = 50
+
+
+@router.post("", response_model=ArtefactOut, status_code=201, responses=CONFLICT)
+def create_artefact(body: ArtefactCreate, service: MatchingService = Depends(get_service)) -> ArtefactOut:
+    """Register an artefact record; add its photos with POST /v1/artefacts/{id}/photos."""
+    artefact = service.register_artefact(body.model_dump(mode="python"), [])
+    return artefact_outs(service, [artefact])[0]
+
+
+@router.get("", response_model=ArtefactPage)
+def list_artefacts(
+    status: ArtefactStatus | None = None,
+    institution: str | None = Query(None, max_length=300),
+    type: str | None = Query(None, max_length=200, description="Category or specific type."),
+    q: str | None = Query(None, max_length=200, description="Text in title, inventory number, description..."),
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+    service: MatchingService = Depends(get_service),
+) -> ArtefactPage:
+    flt = ArtefactFilter(status=status.value if status else None, institution=institution, object_type=type, text=q)
+    rows, total = service.list_artefacts(flt, offset, limit)
+    return ArtefactPage(items=artefact_outs(service, rows), total=total, offset=offset, limit=limit)
+
+
+@router.get("/{artefact_id}", response_model=ArtefactOut, responses=NOT_FOUND)
+def get_artefact(artefact_id: int, service: MatchingService = Depends(get_service)) -> ArtefactOut:
+    return artefact_outs(service, [service.store.get_artefact(artefact_id)])[0]
+
+
+@router.patch("/{artefact_id}", response_model=ArtefactOut, responses={**NOT_FOUND, **CONFLICT})
+def update_artefact(
+    artefact_id: int, body: ArtefactUpdate, service: MatchingService = Depends(get_service)
+) -> ArtefactOut:
+    changes = body.model_dump(mode="python", exclude_unset=True)
+    for required in ("inventory_number", "status"):
+        if required in changes and changes[required] is None:
+            raise AppError(f"{required} cannot be removed.", code="validation_error", status_code=422)
+    if "institution" in changes and changes["institution"] is None:
+        changes["institution"] = ""
+    return artefact_outs(service, [service.update_artefact(artefact_id, changes)])[0]
+
+
+@router.delete("/{artefact_id}", status_code=204, responses=NOT_FOUND)
+def delete_artefact(artefact_id: int, service: MatchingService = Depends(get_service)) -> Response:
+    service.delete_artefact(artefact_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{artefact_id}/photos",
+    response_model=list[PhotoOut],
+    status_code=201,
+    responses={**NOT_FOUND, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def add_photos(
+    artefact_id: int,
+    image: list[UploadFile] = File(..., description="One or more photos of the artefact."),
+    view: str | None = Form(None, max_length=100, description="View label: front, back, detail..."),
+    service: MatchingService = Depends(get_service),
+) -> list[PhotoOut]:
+    """Add photos; all are stored and indexed together, or none if one is unreadable."""
+    if len(image) > MAX_PHOTOS_PER_REQUEST:
+        raise AppError(f"At most {MAX_PHOTOS_PER_REQUEST} photos per request.", code="too_many_files")
+    service.store.get_artefact(artefact_id)  # 404 before reading the uploads
+    inputs = [
+        PhotoInput(data=await read_upload(f, service.settings.max_upload_bytes), view=view, label=f"photo {i + 1}")
+        for i, f in enumerate(image)
+    ]
+    stored = await run_in_threadpool(service.add_photos, artefact_id, inputs)
+    artefact = service.store.get_artefact(artefact_id)
+    outs = {p.id: p for p in artefact_outs(service, [artefact])[0].photos}
+    return [outs[p.id] for p in stored if p.id in outs]

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from app.api.deps import get_service
+from app.schemas import Health
+from app.service import MatchingService
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz(service: MatchingService = Depends(get_service)) -> Health:
+    """Liveness, the active model and its fingerprint, and the index state."""
+    return Health(
+        status="ok",
+        model=service.model_info(),
+        index=service.index_status(),
+        artefacts=service.store.count_artefacts(),
+    )
+
+
+@router.get("/readyz")
+def readyz(service: MatchingService = Depends(get_service)):
+    """Ready when the model is loaded and the index is usable with it."""
+    status = service.index_status()
+    ready = bool(status.get("loaded") and status.get("matches_model"))
+    return JSONResponse({"ready": ready, "index": status}, status_code=200 if ready else 503)

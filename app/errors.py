@@ -1,0 +1,52 @@
+"""Errors the service reports to its users, each with an HTTP status and a stable code."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status_code:
+            self.status_code = status_code
+
+
+class BadImage(AppError):
+    """The upload is not an image we can read (wrong type, truncated, corrupt)."""
+
+    status_code = 422
+    code = "bad_image"
+
+
+class ImageTooLarge(AppError):
+    """Too many bytes or too many pixels (decompression bomb)."""
+
+    status_code = 413
+    code = "image_too_large"
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class IndexModelMismatch(AppError):
+    """The index was built with another model than the one now configured."""
+
+    status_code = 409
+    code = "index_model_mismatch"
+
+
+class ModelUnavailable(AppError):
+    status_code = 503
+    code = "model_unavailable"

@@ -1,0 +1,120 @@
+"""``heritage-match evaluate PACK``: same-object retrieval measured on a benchmark pack.
+
+The pack's references are registered in a throw-away data directory and every query goes through
+``MatchingService.search``, the code path of the API. Pack format: ``../shared/benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from app.core.config import Settings
+from app.embedding import ImageEncoder, create_encoder
+from app.errors import AppError
+from app.service import MatchingService, PhotoInput
+
+KS = (1, 5, 10)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evaluate_pack(
+    pack: Path,
+    settings: Settings,
+    encoder: ImageEncoder | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    pack = Path(pack)
+    refs = read_jsonl(pack / "references.jsonl")
+    queries = read_jsonl(pack / "queries.jsonl")
+    encoder = encoder or create_encoder(settings)
+    with tempfile.TemporaryDirectory(prefix="hm-eval-") as tmp:
+        run_settings = settings.model_copy(update={"data_dir": Path(tmp), "database_url": None})
+        service = MatchingService(run_settings, encoder=encoder).start()
+        try:
+            by_object: dict[str, list[dict]] = defaultdict(list)
+            for r in refs:
+                by_object[str(r["object_id"])].append(r)
+            id_of: dict[int, str] = {}
+            for i, (object_id, rows) in enumerate(by_object.items(), start=1):
+                photos = [PhotoInput((pack / r["path"]).read_bytes(), label=r["path"]) for r in rows]
+                title = next((r.get("title") for r in rows if r.get("title")), None)
+                artefact = service.register_artefact({"inventory_number": object_id, "title": title}, photos)
+                id_of[artefact.id] = object_id
+                if progress:
+                    progress("register", i, len(by_object))
+            return _score_queries(service, pack, queries, id_of, progress)
+        finally:
+            service.close()
+
+
+def _score_queries(service, pack, queries, id_of, progress) -> dict:
+    hits = {k: 0 for k in KS}
+    pairs = 0
+    ap_sum = 0.0
+    latencies: list[float] = []
+    open_set = open_set_false = 0
+    match_found = 0
+    tag_stats: dict[str, dict[str, int]] = defaultdict(lambda: {"pairs": 0, "hits@1": 0})
+    failures = []
+    errors = []
+    for n, q in enumerate(queries, start=1):
+        data = (pack / q["path"]).read_bytes()
+        t0 = time.perf_counter()
+        try:
+            response = service.search(data, top_k=max(KS))
+        except AppError as exc:
+            errors.append({"query": q["path"], "error": exc.message})
+            continue
+        latencies.append((time.perf_counter() - t0) * 1000)
+        ranked = [id_of.get(r.artefact_id) for r in response.results]
+        verdicts = {id_of.get(r.artefact_id): r.verdict for r in response.results}
+        expected = [str(o) for o in q.get("object_ids", [])]
+        if not expected:
+            open_set += 1
+            if response.results and response.results[0].verdict == "match":
+                open_set_false += 1
+                failures.append({"query": q["path"], "expected": [], "got": ranked[:3], "kind": "false_match"})
+        for obj in expected:
+            pairs += 1
+            rank = ranked.index(obj) + 1 if obj in ranked else None
+            for k in KS:
+                hits[k] += int(rank is not None and rank <= k)
+            ap_sum += 1.0 / rank if rank else 0.0  # one relevant artefact per pair: AP = 1/rank
+            match_found += int(verdicts.get(obj) == "match")
+            for tag in q.get("tags", []) or ["untagged"]:
+                tag_stats[tag]["pairs"] += 1
+                tag_stats[tag]["hits@1"] += int(rank == 1)
+            if rank != 1:
+                failures.append({"query": q["path"], "expected": obj, "got": ranked[:3], "rank": rank})
+        if progress:
+            progress("search", n, len(queries))
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    return {
+        "model": service.fingerprint,
+        "queries": len(queries),
+        "pairs": pairs,
+        **{f"recall@{k}": round(hits[k] / pairs, 4) if pairs else None for k in KS},
+        "mAP": round(ap_sum / pairs, 4) if pairs else None,
+        "open_set_queries": open_set,
+        "false_match_rate": round(open_set_false / open_set, 4) if open_set else None,
+        "match_recall": round(match_found / pairs, 4) if pairs else None,
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
+        "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
+        "per_tag": {
+            t: {"pairs": s["pairs"], "recall@1": round(s["hits@1"] / s["pairs"], 4)}
+            for t, s in sorted(tag_stats.items())
+        },
+        "errors": errors,
+        "failures": failures,
+    }

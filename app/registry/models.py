@@ -1,0 +1,129 @@
+"""Database tables: artefacts (Object ID record), their photos, and photo embeddings per model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class ArtefactStatus(str, enum.Enum):
+    missing = "missing"
+    stolen = "stolen"
+    looted = "looted"
+    destroyed = "destroyed"
+    at_risk = "at_risk"
+    in_custody = "in_custody"
+    recovered = "recovered"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Text fields of the Object ID record (plus trafficking-case fields), in export order.
+TEXT_FIELDS = (
+    "title",
+    "category",
+    "object_type",
+    "materials",
+    "techniques",
+    "inscriptions",
+    "date_period",
+    "maker",
+    "subject",
+    "distinguishing_features",
+    "description",
+    "find_site",
+    "provenance",
+    "source_reference",
+)
+MEASUREMENT_FIELDS = ("height", "width", "depth", "diameter", "weight")
+UNIT_FIELDS = ("dimension_unit", "weight_unit")
+
+
+class Artefact(Base):
+    __tablename__ = "artefacts"
+    __table_args__ = (UniqueConstraint("institution", "inventory_number", name="uq_institution_inventory"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inventory_number: Mapped[str] = mapped_column(String(200), index=True)
+    institution: Mapped[str] = mapped_column(String(300), default="", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=ArtefactStatus.missing.value, index=True)
+    date_reported: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+
+    title: Mapped[str | None] = mapped_column(String(500))
+    category: Mapped[str | None] = mapped_column(String(200), index=True)
+    object_type: Mapped[str | None] = mapped_column(String(200), index=True)
+    materials: Mapped[str | None] = mapped_column(Text)
+    techniques: Mapped[str | None] = mapped_column(Text)
+    inscriptions: Mapped[str | None] = mapped_column(Text)
+    date_period: Mapped[str | None] = mapped_column(String(200))
+    maker: Mapped[str | None] = mapped_column(String(300))
+    subject: Mapped[str | None] = mapped_column(Text)
+    distinguishing_features: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    find_site: Mapped[str | None] = mapped_column(Text)
+    provenance: Mapped[str | None] = mapped_column(Text)
+    source_reference: Mapped[str | None] = mapped_column(Text)
+
+    height: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[float | None] = mapped_column(Float)
+    depth: Mapped[float | None] = mapped_column(Float)
+    diameter: Mapped[float | None] = mapped_column(Float)
+    dimension_unit: Mapped[str | None] = mapped_column(String(20))
+    weight: Mapped[float | None] = mapped_column(Float)
+    weight_unit: Mapped[str | None] = mapped_column(String(20))
+
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    photos: Mapped[list["Photo"]] = relationship(
+        back_populates="artefact", cascade="all, delete-orphan", order_by="Photo.id"
+    )
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    __table_args__ = (UniqueConstraint("artefact_id", "sha256", name="uq_artefact_photo"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # also the vector id in FAISS
+    artefact_id: Mapped[int] = mapped_column(ForeignKey("artefacts.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(10))
+    view: Mapped[str | None] = mapped_column(String(100))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    artefact: Mapped[Artefact] = relationship(back_populates="photos")
+    embeddings: Mapped[list["Embedding"]] = relationship(
+        back_populates="photo", cascade="all, delete-orphan"
+    )
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    model_fingerprint: Mapped[str] = mapped_column(String(120), primary_key=True, index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian
+
+    photo: Mapped[Photo] = relationship(back_populates="embeddings")

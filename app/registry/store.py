@@ -1,0 +1,274 @@
+"""RegistryStore: the artefact registry on disk (database rows and photo files).
+
+The database is the source of truth: the FAISS index is derived from the vectors stored here and
+can always be rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, event, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from app.errors import Conflict, NotFound
+from app.registry.models import Artefact, Base, Embedding, Photo
+from app.registry.photos import PhotoStore
+
+
+@dataclass
+class NewPhoto:
+    """A decoded, embedded photo ready to be stored."""
+
+    data: bytes
+    sha256: str
+    format: str
+    width: int
+    height: int
+    vector: np.ndarray | None
+    view: str | None = None
+
+
+@dataclass(frozen=True)
+class ArtefactFilter:
+    status: str | None = None
+    institution: str | None = None
+    object_type: str | None = None
+    text: str | None = None
+
+
+class RegistryStore:
+    def __init__(self, db_url: str, photo_root: Path):
+        connect_args = {"check_same_thread": False, "timeout": 30} if db_url.startswith("sqlite") else {}
+        self.engine = create_engine(db_url, connect_args=connect_args)
+        if db_url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.photos = PhotoStore(photo_root)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- artefacts -------------------------------------------------------------------------
+
+    def create_artefact(self, fields: dict, photos: list[NewPhoto], fingerprint: str | None) -> Artefact:
+        """Store an artefact with its photos and their vectors in one transaction."""
+        for p in photos:  # files first: a crash leaves at worst an unreferenced file, never a dangling row
+            self.photos.put(p.data, p.sha256, p.format)
+        with self.sessions.begin() as s:
+            artefact = Artefact(**fields)
+            s.add(artefact)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise Conflict(
+                    f"Artefact {fields.get('inventory_number')!r} of institution "
+                    f"{fields.get('institution') or '(none)'!r} is already registered."
+                ) from exc
+            self._attach_photos(s, artefact, photos, fingerprint)
+        return self.get_artefact(artefact.id)
+
+    def add_photos(self, artefact_id: int, photos: list[NewPhoto], fingerprint: str | None) -> list[Photo]:
+        """Add photos to an artefact; a photo it already has (same bytes) is returned, not duplicated."""
+        for p in photos:
+            self.photos.put(p.data, p.sha256, p.format)
+        with self.sessions.begin() as s:
+            artefact = s.get(Artefact, artefact_id)
+            if artefact is None:
+                raise NotFound(f"No artefact with id {artefact_id}.")
+            stored = self._attach_photos(s, artefact, photos, fingerprint)
+            ids = [p.id for p in stored]
+        return self.photos_by_ids(ids)
+
+    def _attach_photos(self, s: Session, artefact: Artefact, photos: list[NewPhoto], fingerprint: str | None):
+        existing = {p.sha256: p for p in s.scalars(select(Photo).where(Photo.artefact_id == artefact.id))}
+        stored = []
+        for p in photos:
+            if p.sha256 in existing:
+                stored.append(existing[p.sha256])
+                continue
+            photo = Photo(
+                artefact_id=artefact.id, sha256=p.sha256, format=p.format, view=p.view, width=p.width, height=p.height
+            )
+            s.add(photo)
+            s.flush()
+            if p.vector is not None and fingerprint:
+                s.add(_embedding_row(photo.id, fingerprint, p.vector))
+            existing[p.sha256] = photo
+            stored.append(photo)
+        artefact.updated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        return stored
+
+    def get_artefact(self, artefact_id: int) -> Artefact:
+        with self.sessions() as s:
+            artefact = s.scalar(
+                select(Artefact).options(selectinload(Artefact.photos)).where(Artefact.id == artefact_id)
+            )
+            if artefact is None:
+                raise NotFound(f"No artefact with id {artefact_id}.")
+            return artefact
+
+    def find_artefact(self, institution: str, inventory_number: str) -> Artefact | None:
+        with self.sessions() as s:
+            return s.scalar(
+                select(Artefact)
+                .options(selectinload(Artefact.photos))
+                .where(Artefact.institution == institution, Artefact.inventory_number == inventory_number)
+            )
+
+    def artefacts_by_ids(self, ids: list[int]) -> dict[int, Artefact]:
+        if not ids:
+            return {}
+        with self.sessions() as s:
+            rows = s.scalars(select(Artefact).where(Artefact.id.in_(ids)))
+            return {a.id: a for a in rows}
+
+    def list_artefacts(self, flt: ArtefactFilter, offset: int = 0, limit: int = 50) -> tuple[list[Artefact], int]:
+        query = select(Artefact)
+        if flt.status:
+            query = query.where(Artefact.status == flt.status)
+        if flt.institution:
+            query = query.where(Artefact.institution == flt.institution)
+        if flt.object_type:
+            query = query.where(or_(Artefact.object_type == flt.object_type, Artefact.category == flt.object_type))
+        if flt.text:
+            like = f"%{flt.text.lower()}%"
+            query = query.where(
+                or_(
+                    *(
+                        func.lower(col).like(like)
+                        for col in (
+                            Artefact.title,
+                            Artefact.inventory_number,
+                            Artefact.description,
+                            Artefact.inscriptions,
+                            Artefact.distinguishing_features,
+                            Artefact.materials,
+                            Artefact.subject,
+                        )
+                    )
+                )
+            )
+        with self.sessions() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery()))
+            rows = s.scalars(
+                query.options(selectinload(Artefact.photos)).order_by(Artefact.id).offset(offset).limit(limit)
+            ).all()
+            return list(rows), int(total or 0)
+
+    def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
+        with self.sessions.begin() as s:
+            artefact = s.get(Artefact, artefact_id)
+            if artefact is None:
+                raise NotFound(f"No artefact with id {artefact_id}.")
+            for key, value in changes.items():
+                setattr(artefact, key, value)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise Conflict("Another artefact of this institution has that inventory number.") from exc
+        return self.get_artefact(artefact_id)
+
+    def delete_artefact(self, artefact_id: int) -> list[int]:
+        """Delete the artefact and its photos; returns the deleted photo ids."""
+        with self.sessions.begin() as s:
+            artefact = s.scalar(
+                select(Artefact).options(selectinload(Artefact.photos)).where(Artefact.id == artefact_id)
+            )
+            if artefact is None:
+                raise NotFound(f"No artefact with id {artefact_id}.")
+            gone = [(p.id, p.sha256, p.format) for p in artefact.photos]
+            s.delete(artefact)
+        for _, sha, fmt in gone:
+            self._delete_file_if_unused(sha, fmt)
+        return [pid for pid, _, _ in gone]
+
+    def _delete_file_if_unused(self, sha256: str, fmt: str) -> None:
+        with self.sessions() as s:
+            if s.scalar(select(func.count()).select_from(Photo).where(Photo.sha256 == sha256)) == 0:
+                self.photos.delete(sha256, fmt)
+
+    def count_artefacts(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(Artefact)) or 0)
+
+    # --- photos and vectors ------------------------------------------------------------------
+
+    def get_photo(self, photo_id: int) -> Photo:
+        with self.sessions() as s:
+            photo = s.get(Photo, photo_id)
+            if photo is None:
+                raise NotFound(f"No photo with id {photo_id}.")
+            return photo
+
+    def photos_by_ids(self, ids: list[int]) -> list[Photo]:
+        with self.sessions() as s:
+            rows = {p.id: p for p in s.scalars(select(Photo).where(Photo.id.in_(ids)))}
+            return [rows[i] for i in ids if i in rows]
+
+    def photo_owner_map(self, photo_ids: list[int]) -> dict[int, int]:
+        with self.sessions() as s:
+            rows = s.execute(select(Photo.id, Photo.artefact_id).where(Photo.id.in_(photo_ids)))
+            return {pid: aid for pid, aid in rows}
+
+    def indexed_photo_ids(self, fingerprint: str, photo_ids: list[int]) -> set[int]:
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(Embedding.photo_id).where(
+                    Embedding.model_fingerprint == fingerprint, Embedding.photo_id.in_(photo_ids)
+                )
+            )
+            return set(rows)
+
+    def vectors(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray]:
+        """All stored vectors of one model: (ids int64 (N,), vectors float32 (N, dim))."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Embedding.photo_id, Embedding.dim, Embedding.vector)
+                .where(Embedding.model_fingerprint == fingerprint)
+                .order_by(Embedding.photo_id)
+            ).all()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.stack([np.frombuffer(r[2], dtype="<f4") for r in rows]).astype(np.float32)
+        return ids, vecs
+
+    def photo_ids(self) -> np.ndarray:
+        with self.sessions() as s:
+            return np.fromiter(s.scalars(select(Photo.id).order_by(Photo.id)), dtype=np.int64)
+
+    def photos_missing_vectors(self, fingerprint: str) -> list[Photo]:
+        with self.sessions() as s:
+            have = select(Embedding.photo_id).where(Embedding.model_fingerprint == fingerprint)
+            return list(s.scalars(select(Photo).where(Photo.id.not_in(have)).order_by(Photo.id)))
+
+    def put_vectors(self, fingerprint: str, items: list[tuple[int, np.ndarray]]) -> None:
+        with self.sessions.begin() as s:
+            for photo_id, vec in items:
+                s.merge(_embedding_row(photo_id, fingerprint, vec))
+
+    def fingerprints(self) -> dict[str, int]:
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Embedding.model_fingerprint, func.count()).group_by(Embedding.model_fingerprint)
+            )
+            return {fp: n for fp, n in rows}
+
+
+def _embedding_row(photo_id: int, fingerprint: str, vector: np.ndarray) -> Embedding:
+    vec = np.asarray(vector, dtype="<f4").ravel()
+    return Embedding(photo_id=photo_id, model_fingerprint=fingerprint, dim=int(vec.size), vector=vec.tobytes())
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

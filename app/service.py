@@ -1,0 +1,266 @@
+"""MatchingService: the one object the API, the CLI and the evaluator share.
+
+Search is a straight line: bytes -> decode -> embed -> search -> aggregate -> verdict -> response.
+Registration: decode and embed first (no lock, no transaction), then one database transaction for
+rows and vectors, then the index is updated and saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core.config import Settings
+from app.embedding import ImageEncoder, create_encoder, resolve_device
+from app.errors import AppError, IndexModelMismatch
+from app.imaging import decode_image
+from app.index import VectorIndex
+from app.matching import Thresholds, aggregate_by_artefact, verdict_for
+from app.registry.models import Artefact, Photo
+from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
+from app.schemas import ModelInfo, QueryInfo, SearchResponse, SearchResult
+
+log = logging.getLogger(__name__)
+
+# How many photo hits to pull per requested artefact: an artefact may have several photos.
+HITS_PER_RESULT = 10
+MIN_HITS = 50
+
+
+@dataclass
+class PhotoInput:
+    data: bytes
+    view: str | None = None
+    label: str = ""  # file name or row reference, for error messages
+
+
+class MatchingService:
+    def __init__(self, settings: Settings, encoder: ImageEncoder | None = None):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = RegistryStore(settings.db_url, settings.data_dir / "photos")
+        self.encoder = encoder or create_encoder(settings)
+        self.device = getattr(self.encoder, "device", resolve_device(settings))
+        self.index: VectorIndex | None = None
+        self._write_lock = threading.Lock()  # serialises index changes and saves
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> "MatchingService":
+        """Load the model and make the index agree with the database."""
+        self.encoder.load()
+        self.reconcile_index()
+        return self
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.encoder.fingerprint.id
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            match=self.settings.match_threshold if self.settings.match_threshold is not None else self.encoder.match_threshold,
+            possible=self.settings.possible_threshold
+            if self.settings.possible_threshold is not None
+            else self.encoder.possible_threshold,
+        )
+
+    def model_info(self) -> ModelInfo:
+        fp = self.encoder.fingerprint
+        return ModelInfo(name=fp.name, fingerprint=fp.id, dim=fp.dim, device=str(self.device))
+
+    def reconcile_index(self) -> VectorIndex:
+        """Load the saved index; rebuild it from stored vectors when missing or out of step."""
+        with self._write_lock:
+            saved = VectorIndex.load(self.settings.data_dir)
+            active = self.fingerprint
+            if saved is not None and saved.fingerprint != active:
+                log.warning("Index was built with %s, active model is %s: searches are refused until rebuilt.",
+                            saved.fingerprint, active)
+                self.index = saved
+                return saved
+            stored = self.store.fingerprints()
+            if saved is None and not stored.get(active) and stored:
+                # Vectors exist only for another model: keep that model's index, refuse queries.
+                other = max(stored, key=stored.get)
+                ids, vecs = self.store.vectors(other)
+                self.index = VectorIndex.build(other, ids, vecs, vecs.shape[1])
+                self.index.save(self.settings.data_dir)
+                return self.index
+            ids, vecs = self.store.vectors(active)
+            if saved is not None and np.array_equal(np.sort(saved.ids()), ids):
+                self.index = saved
+            else:
+                version = (saved.version + 1) if saved is not None else 1
+                if saved is not None:
+                    log.warning("Index disagrees with the registry (%d vs %d vectors): rebuilding.", saved.count, len(ids))
+                self.index = VectorIndex.build(active, ids, vecs, self.encoder.dim, version)
+                self.index.save(self.settings.data_dir)
+            missing = len(self.store.photos_missing_vectors(active))
+            if missing:
+                log.warning("%d photos have no vector for %s: run `heritage-match index rebuild --reembed`.",
+                            missing, active)
+            return self.index
+
+    def rebuild_index(self, reembed: bool = False, progress=None) -> dict:
+        """Rebuild the index for the active model; with ``reembed`` first embed photos lacking vectors."""
+        active = self.fingerprint
+        embedded = failed = 0
+        if reembed:
+            todo = self.store.photos_missing_vectors(active)
+            for start in range(0, len(todo), self.encoder.batch_size):
+                chunk = todo[start : start + self.encoder.batch_size]
+                images, ok = [], []
+                for photo in chunk:
+                    try:
+                        images.append(decode_image(self.store.photos.read(photo.sha256, photo.format),
+                                                   max_pixels=self.settings.max_image_pixels).image)
+                        ok.append(photo.id)
+                    except (AppError, OSError) as exc:
+                        failed += 1
+                        log.error("Photo %d cannot be re-embedded: %s", photo.id, exc)
+                if images:
+                    vecs = self.encoder.embed(images)
+                    self.store.put_vectors(active, list(zip(ok, vecs)))
+                    embedded += len(ok)
+                if progress:
+                    progress(len(chunk))
+        with self._write_lock:
+            ids, vecs = self.store.vectors(active)
+            version = (self.index.version + 1) if self.index is not None else 1
+            self.index = VectorIndex.build(active, ids, vecs, self.encoder.dim, version)
+            self.index.save(self.settings.data_dir)
+        missing = len(self.store.photos_missing_vectors(active))
+        return {"fingerprint": active, "vectors": self.index.count, "embedded": embedded, "failed": failed,
+                "missing": missing, "version": self.index.version}
+
+    def index_status(self) -> dict:
+        idx = self.index
+        if idx is None:
+            return {"loaded": False}
+        return {"loaded": True, "fingerprint": idx.fingerprint, "count": idx.count, "version": idx.version,
+                "matches_model": idx.fingerprint == self.fingerprint}
+
+    def indexed_photo_ids(self, photo_ids: list[int]) -> set[int]:
+        """Photos that searches with the active model can find."""
+        if self.index is None or self.index.fingerprint != self.fingerprint:
+            return set()
+        return self.store.indexed_photo_ids(self.fingerprint, photo_ids)
+
+    # --- registration -----------------------------------------------------------------------------
+
+    def prepare_photos(self, inputs: list[PhotoInput]) -> list[NewPhoto]:
+        """Decode and embed photos; raises on the first bad one (with its label)."""
+        decoded = []
+        for item in inputs:
+            try:
+                decoded.append(decode_image(item.data, max_pixels=self.settings.max_image_pixels))
+            except AppError as exc:
+                if item.label:
+                    exc.message = f"{item.label}: {exc.message}"
+                    exc.args = (exc.message,)
+                raise
+        vectors = self.encoder.embed([d.image for d in decoded]) if decoded else []
+        return [
+            NewPhoto(data=item.data, sha256=d.sha256, format=d.format, width=d.width, height=d.height,
+                     vector=vec, view=item.view)
+            for item, d, vec in zip(inputs, decoded, vectors)
+        ]
+
+    def register_artefact(self, fields: dict, photos: list[PhotoInput] | list[NewPhoto]) -> Artefact:
+        prepared = self._prepared(photos)
+        artefact = self.store.create_artefact(fields, prepared, self.fingerprint)
+        self._index_photos(artefact.photos, prepared)
+        return artefact
+
+    def add_photos(self, artefact_id: int, photos: list[PhotoInput] | list[NewPhoto]) -> list[Photo]:
+        prepared = self._prepared(photos)
+        stored = self.store.add_photos(artefact_id, prepared, self.fingerprint)
+        self._index_photos(stored, prepared)
+        return stored
+
+    def _prepared(self, photos) -> list[NewPhoto]:
+        if photos and isinstance(photos[0], PhotoInput):
+            return self.prepare_photos(photos)
+        return list(photos)
+
+    def _index_photos(self, stored: list[Photo], prepared: list[NewPhoto]) -> None:
+        by_sha = {p.sha256: p.vector for p in prepared if p.vector is not None}
+        pairs = [(p.id, by_sha[p.sha256]) for p in stored if p.sha256 in by_sha]
+        if not pairs:
+            return
+        with self._write_lock:
+            if self.index is None or self.index.fingerprint != self.fingerprint:
+                return  # stale index: vectors are stored, `index rebuild` will pick them up
+            self.index.add(np.array([i for i, _ in pairs]), np.stack([v for _, v in pairs]))
+            self.index.save(self.settings.data_dir)
+
+    def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
+        return self.store.update_artefact(artefact_id, changes)
+
+    def delete_artefact(self, artefact_id: int) -> None:
+        photo_ids = self.store.delete_artefact(artefact_id)
+        with self._write_lock:
+            if self.index is not None and self.index.remove(photo_ids):
+                self.index.save(self.settings.data_dir)
+
+    def list_artefacts(self, flt: ArtefactFilter, offset: int, limit: int):
+        return self.store.list_artefacts(flt, offset, limit)
+
+    # --- search -----------------------------------------------------------------------------------
+
+    def check_index(self) -> VectorIndex:
+        idx = self.index
+        if idx is None:
+            raise AppError("The index is not loaded yet.", code="not_ready", status_code=503)
+        if idx.fingerprint != self.fingerprint:
+            have_all = not self.store.photos_missing_vectors(self.fingerprint)
+            fix = "heritage-match index rebuild" if have_all else "heritage-match index rebuild --reembed"
+            raise IndexModelMismatch(
+                f"The index was built with model {idx.fingerprint} but the active model is {self.fingerprint}. "
+                f"Run `{fix}` to index the registry with the active model, or set HM_MODEL back."
+            )
+        return idx
+
+    def search(self, data: bytes, top_k: int | None = None) -> SearchResponse:
+        t0 = time.perf_counter()
+        idx = self.check_index()
+        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        vector = self.encoder.embed_one(decoded.image)
+        results = self.search_vector(vector, top_k or self.settings.top_k, idx)
+        return SearchResponse(
+            model=self.model_info(),
+            index_version=idx.version,
+            query=QueryInfo(sha256=decoded.sha256, width=decoded.width, height=decoded.height, format=decoded.format),
+            results=results,
+            took_ms=round((time.perf_counter() - t0) * 1000, 2),
+        )
+
+    def search_vector(self, vector: np.ndarray, top_k: int, idx: VectorIndex | None = None) -> list[SearchResult]:
+        idx = idx or self.check_index()
+        scores, ids = idx.search(vector[None, :], max(MIN_HITS, top_k * HITS_PER_RESULT))
+        owner = self.store.photo_owner_map([int(i) for i in ids[0] if i >= 0])
+        candidates = aggregate_by_artefact(scores[0], ids[0], owner, top_k)
+        artefacts = self.store.artefacts_by_ids([c.artefact_id for c in candidates])
+        thresholds = self.thresholds
+        results = []
+        for c in candidates:
+            a = artefacts.get(c.artefact_id)
+            if a is None:
+                continue
+            score = float(np.clip(c.score, -1.0, 1.0))
+            results.append(
+                SearchResult(
+                    artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution,
+                    title=a.title, status=a.status, score=round(score, 6), verdict=verdict_for(score, thresholds),
+                    photo_id=c.photo_id, photo_url=f"/v1/photos/{c.photo_id}",
+                )
+            )
+        return results

@@ -1,0 +1,86 @@
+"""Shared fixtures: one offline encoder per session, a fresh data directory per test."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from app.core.config import Settings
+from app.embedding.efficientnet import EfficientNetLiteEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = Path(os.environ.get("HM_BENCHMARKS_DIR", ROOT.parent / "shared" / "benchmarks"))
+
+
+@pytest.fixture(scope="session")
+def encoder() -> EfficientNetLiteEncoder:
+    return EfficientNetLiteEncoder().load()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", model="efficientnet-lite0",
+                    device="cpu")
+
+
+@pytest.fixture
+def service(settings, encoder):
+    from app.service import MatchingService
+
+    svc = MatchingService(settings, encoder=encoder).start()
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="session")
+def coins():
+    from app.demo import coin_crops
+
+    return coin_crops()
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, **kw)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def coin_query(crop: Image.Image, rng: random.Random) -> bytes:
+    """The core issue's query transform: rotate within +-20 degrees, crop a 5% border, upscale 2.5x,
+    brightness and contrast each scaled in [0.7, 1.3], JPEG quality 60."""
+    img = crop.rotate(rng.uniform(-20, 20), resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    w, h = img.size
+    dx, dy = round(w * 0.05), round(h * 0.05)
+    img = img.crop((dx, dy, w - dx, h - dy))
+    img = img.resize((round(img.width * 2.5), round(img.height * 2.5)), Image.Resampling.BICUBIC)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 1.3))
+    return jpeg_bytes(img, quality=60)
+
+
+def random_photo(seed: int, size=(320, 240)) -> Image.Image:
+    """A textured synthetic photo: smooth random field plus shapes, different for every seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, size[0]), rng.integers(0, size[1])
+        x1, y1 = x0 + rng.integers(10, 120), y0 + rng.integers(10, 120)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    return img
