@@ -22,7 +22,7 @@ from app.index import VectorIndex
 from app.matching import Thresholds, aggregate_by_artefact, verdict_for
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
-from app.schemas import ModelInfo, QueryInfo, SearchResponse, SearchResult
+from app.schemas import ArtefactCreate, ArtefactUpdate, ModelInfo, QueryInfo, SearchResponse, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,8 @@ class MatchingService:
         ]
 
     def register_artefact(self, fields: dict, photos: list[PhotoInput] | list[NewPhoto]) -> Artefact:
+        """Validate the record, then store it with its photos in one transaction and index them."""
+        fields = ArtefactCreate.model_validate(fields).model_dump()
         prepared = self._prepared(photos)
         artefact = self.store.create_artefact(fields, prepared, self.fingerprint)
         self._index_photos(artefact.photos, prepared)
@@ -203,6 +205,7 @@ class MatchingService:
             self.index.save(self.settings.data_dir)
 
     def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
+        changes = ArtefactUpdate.model_validate(changes).model_dump(exclude_unset=True)
         return self.store.update_artefact(artefact_id, changes)
 
     def delete_artefact(self, artefact_id: int) -> None:

@@ -1,0 +1,88 @@
+"""Registry import and export (JSONL and CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from app.registry.manifest import export_manifest, import_manifest
+from tests.conftest import jpeg_bytes, png_bytes, random_photo
+
+
+def write_photos(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"p{i}.jpg").write_bytes(jpeg_bytes(random_photo(100 + i)))
+
+
+def test_jsonl_import_reports_bad_rows_and_is_idempotent(tmp_path, service):
+    write_photos(tmp_path / "img", 4)
+    (tmp_path / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    rows = [
+        {"inventory_number": "GZ-1", "institution": "Pasha's Palace", "title": "Amphora", "status": "looted",
+         "height": 52, "dimension_unit": "cm", "photos": ["img/p0.jpg", "img/p1.jpg"]},
+        {"inventory_number": "GZ-2", "photos": [{"path": "img/p2.jpg", "view": "back"}]},
+        {"title": "no inventory number", "photos": ["img/p3.jpg"]},
+        "not an object",
+        {"inventory_number": "GZ-3", "photos": ["img/missing.jpg"]},
+        {"inventory_number": "GZ-4", "photos": ["img/broken.jpg"]},
+        {"inventory_number": "GZ-5", "status": "sold", "photos": ["img/p3.jpg"]},
+        {"inventory_number": "GZ-6", "photos": []},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken json\n")
+
+    report = import_manifest(service, manifest)
+    assert report.created == 2 and report.photos_added == 3
+    lines = {e.line: e.message for e in report.errors}
+    assert set(lines) == {3, 4, 5, 6, 7, 8, 9}
+    assert "inventory_number" in lines[3] and "photo not found" in lines[5]
+    assert "damaged" in lines[6] or "not an image" in lines[6]
+    assert "status" in lines[7] and "photos" in lines[8] and "JSON" in lines[9]
+    assert service.index.count == 3
+    first = service.store.find_artefact("Pasha's Palace", "GZ-1")
+    assert first.height == 52 and len(first.photos) == 2
+
+    again = import_manifest(service, manifest)
+    assert again.created == 0 and again.updated == 0 and again.unchanged == 2 and again.photos_added == 0
+    assert service.store.count_artefacts() == 2 and service.index.count == 3
+
+
+def test_csv_import_with_pipe_separated_photos_and_updates(tmp_path, service):
+    write_photos(tmp_path, 3)
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["inventory_number", "institution", "title", "diameter", "photos"])
+        w.writerow(["C-1", "Museum", "Coin", "1.9", "p0.jpg|p1.jpg"])
+        w.writerow(["", "Museum", "no number", "", "p2.jpg"])
+    report = import_manifest(service, manifest)
+    assert report.created == 1 and [e.line for e in report.errors] == [3]
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["inventory_number", "institution", "title", "photos"])
+        w.writerow(["C-1", "Museum", "Silver coin", "p0.jpg|p1.jpg|p2.jpg"])
+    report = import_manifest(service, manifest)
+    assert report.updated == 1 and report.photos_added == 1
+    art = service.store.find_artefact("Museum", "C-1")
+    assert art.title == "Silver coin" and art.diameter == 1.9 and len(art.photos) == 3
+
+
+def test_export_then_import_into_an_empty_registry_gives_the_same_registry(tmp_path, service, settings, encoder):
+    from app.service import MatchingService, PhotoInput
+
+    service.register_artefact({"inventory_number": "E-1", "institution": "I", "title": "Jar", "weight": 1.5,
+                               "weight_unit": "kg", "date_reported": "2026-03-01", "status": "stolen"},
+                              [PhotoInput(png_bytes(random_photo(1)), view="front"), PhotoInput(jpeg_bytes(random_photo(2)))])
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / fmt / f"export.{fmt}"
+        out.parent.mkdir()
+        assert export_manifest(service, out) == 1
+        other = MatchingService(settings.model_copy(update={"data_dir": tmp_path / f"new-{fmt}"}), encoder=encoder).start()
+        report = import_manifest(other, out)
+        assert report.created == 1 and not report.errors
+        a, b = service.store.find_artefact("I", "E-1"), other.store.find_artefact("I", "E-1")
+        for field in ("title", "weight", "weight_unit", "date_reported", "status"):
+            assert getattr(a, field) == getattr(b, field)
+        assert sorted(p.sha256 for p in a.photos) == sorted(p.sha256 for p in b.photos)
+        other.close()

@@ -1,0 +1,91 @@
+"""MatchingService: registration, index reconciliation at start, model mismatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.errors import BadImage, IndexModelMismatch
+from app.index import INDEX_FILE, VectorIndex
+from app.service import MatchingService, PhotoInput
+from tests.conftest import jpeg_bytes, random_photo
+
+
+def register(service, n, start=0):
+    for i in range(start, start + n):
+        service.register_artefact({"inventory_number": f"A-{i}", "institution": "X"},
+                                  [PhotoInput(jpeg_bytes(random_photo(i)), view="front")])
+
+
+def test_registration_stores_rows_files_and_vectors(service):
+    register(service, 3)
+    assert service.store.count_artefacts() == 3
+    assert service.index.count == 3
+    assert len(service.store.photos.all_files()) == 3
+    ids, vecs = service.store.vectors(service.fingerprint)
+    assert len(ids) == 3 and vecs.shape == (3, 1280)
+
+
+def test_a_bad_photo_registers_nothing(service):
+    with pytest.raises(BadImage, match="second.jpg"):
+        service.register_artefact({"inventory_number": "B-1"},
+                                  [PhotoInput(jpeg_bytes(random_photo(1))), PhotoInput(b"junk", label="second.jpg")])
+    assert service.store.count_artefacts() == 0 and service.index.count == 0
+
+
+def test_missing_index_is_rebuilt_from_stored_vectors(settings, encoder, service):
+    register(service, 4)
+    query = jpeg_bytes(random_photo(2))
+    before = service.search(query).results[0].artefact_id
+    (settings.data_dir / INDEX_FILE).unlink()
+    restarted = MatchingService(settings, encoder=encoder).start()
+    assert restarted.index.count == 4
+    assert restarted.search(query).results[0].artefact_id == before
+    restarted.close()
+
+
+def test_index_out_of_step_with_registry_is_reconciled(settings, encoder, service):
+    register(service, 3)
+    stale = VectorIndex.build(service.fingerprint, np.array([999]), np.ones((1, 1280), np.float32) / 35.78, 1280)
+    stale.save(settings.data_dir)
+    restarted = MatchingService(settings, encoder=encoder).start()
+    assert sorted(restarted.index.ids()) == sorted(restarted.store.photo_ids())
+    restarted.close()
+
+
+def test_index_of_another_model_is_refused_with_the_fix(settings, encoder, service):
+    register(service, 2)
+    other = VectorIndex.build("clip:ViT-B-32:x@0123456789ab", np.array([1, 2]), np.eye(2, 512, dtype=np.float32), 512)
+    other.save(settings.data_dir)
+    restarted = MatchingService(settings, encoder=encoder).start()
+    with pytest.raises(IndexModelMismatch, match=r"heritage-match index rebuild"):
+        restarted.search(jpeg_bytes(random_photo(1)))
+    report = restarted.rebuild_index()
+    assert report["vectors"] == 2
+    assert restarted.search(jpeg_bytes(random_photo(1))).results[0].inventory_number == "A-1"
+    restarted.close()
+
+
+def test_rebuild_reembed_embeds_photos_lacking_vectors(settings, encoder, service):
+    register(service, 2)
+    with service.store.sessions.begin() as s:
+        from app.registry.models import Embedding
+
+        s.query(Embedding).delete()
+    (settings.data_dir / INDEX_FILE).unlink()
+    restarted = MatchingService(settings, encoder=encoder).start()
+    assert restarted.index.count == 0
+    report = restarted.rebuild_index(reembed=True)
+    assert report["embedded"] == 2 and report["vectors"] == 2 and report["missing"] == 0
+    restarted.close()
+
+
+def test_verdict_follows_thresholds(settings, encoder):
+    strict = MatchingService(settings.model_copy(update={"match_threshold": 0.999, "possible_threshold": 0.99}),
+                             encoder=encoder).start()
+    register(strict, 2)
+    results = strict.search(jpeg_bytes(random_photo(0), quality=95)).results
+    assert results[0].inventory_number == "A-0"
+    assert results[0].verdict in ("match", "possible")
+    assert results[1].verdict == "no_match"
+    strict.close()
