@@ -1,0 +1,57 @@
+"""`heritage-match evaluate`: on a generated pack always, on the real benchmark packs when present."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from app.evaluate import evaluate_pack
+from tests.conftest import BENCHMARKS, coin_query, png_bytes
+
+
+@pytest.fixture(scope="module")
+def coin_pack(tmp_path_factory, coins):
+    """References: 20 demo coins. Queries: each under the query transform, plus 4 unregistered coins."""
+    root = tmp_path_factory.mktemp("coinpack")
+    (root / "references").mkdir()
+    (root / "queries").mkdir()
+    rng = random.Random(7)
+    refs, queries = [], []
+    for coin in coins:
+        registered = coin.number <= 20
+        if registered:
+            (root / "references" / f"{coin.number}.png").write_bytes(png_bytes(coin.image))
+            refs.append({"object_id": coin.inventory_number, "path": f"references/{coin.number}.png", "title": "coin"})
+        (root / "queries" / f"{coin.number}.jpg").write_bytes(coin_query(coin.image, rng))
+        queries.append({"path": f"queries/{coin.number}.jpg",
+                        "object_ids": [coin.inventory_number] if registered else [],
+                        "tags": ["rotated"] if registered else ["unregistered"]})
+    (root / "references.jsonl").write_text("\n".join(json.dumps(r) for r in refs))
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries))
+    return root
+
+
+def test_evaluate_counts_pairs_and_reports_every_figure(coin_pack, settings, encoder):
+    result = evaluate_pack(coin_pack, settings, encoder=encoder)
+    assert result["queries"] == 24 and result["pairs"] == 20 and result["open_set_queries"] == 4
+    assert result["model"].startswith("efficientnet-lite0@")
+    for key in ("recall@1", "recall@5", "recall@10", "mAP", "match_recall", "false_match_rate",
+                "latency_ms_p50", "latency_ms_p95"):
+        assert result[key] is not None
+    assert result["recall@1"] <= result["recall@5"] <= result["recall@10"] <= 1.0
+    assert result["recall@1"] >= 0.6  # the offline model on the core query transform
+    assert result["per_tag"]["rotated"]["pairs"] == 20
+    assert len(result["failures"]) == round((1 - result["recall@1"]) * 20) + round(result["false_match_rate"] * 4)
+    assert not list((settings.data_dir).glob("*.db")), "evaluate must not touch the configured registry"
+
+
+@pytest.mark.parametrize("pack, floor", [("museum-paintings", 0.91), ("coil100-views", 0.94)])
+def test_benchmark_packs_reach_the_single_descriptor_baseline(pack, floor, settings, encoder):
+    folder = BENCHMARKS / pack
+    if not (folder / "queries.jsonl").is_file():
+        pytest.skip(f"benchmark pack {pack} not present (../shared/benchmarks)")
+    result = evaluate_pack(folder, settings, encoder=encoder)
+    assert result["recall@1"] >= floor, result
+    assert not result["errors"]
