@@ -8,14 +8,14 @@ agree with the database, it is rebuilt from the vectors stored in the database.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from app.storage import atomic_write
 
 # FAISS switches from its own kernels to BLAS at this many queries; the default (20) makes batched
 # flat search 7-10x slower on small CPUs.
@@ -90,8 +90,8 @@ class VectorIndex:
         with self._lock:
             data = faiss.serialize_index(self._index)
             manifest = self.manifest()
-        _atomic_write(directory / INDEX_FILE, data.tobytes())
-        _atomic_write(directory / (INDEX_FILE + ".json"), json.dumps(asdict(manifest), indent=2).encode())
+        atomic_write(directory / INDEX_FILE, data.tobytes())
+        atomic_write(directory / (INDEX_FILE + ".json"), json.dumps(asdict(manifest), indent=2).encode())
 
     @classmethod
     def load(cls, directory: Path) -> "VectorIndex | None":
@@ -115,20 +115,3 @@ class VectorIndex:
         index.add(ids, vectors)
         return index
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

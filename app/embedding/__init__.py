@@ -34,14 +34,14 @@ def resolve_model(settings: Settings) -> str:
 
 
 def resolve_device(settings: Settings) -> str:
-    if settings.device != "auto":
-        return settings.device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
+    if settings.device == "cpu":
         return "cpu"
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if settings.device == "cuda" and not has_gpu:
+        raise ValueError("HM_DEVICE=cuda but torch sees no CUDA GPU here; use HM_DEVICE=auto or cpu.")
+    return "cuda" if has_gpu else "cpu"
 
 
 def create_encoder(settings: Settings) -> ImageEncoder:

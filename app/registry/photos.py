@@ -6,9 +6,9 @@ anything a user sent, and files are written atomically so a crash leaves no half
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from app.storage import atomic_write
 
 EXTENSIONS = {
     "JPEG": "jpg",
@@ -46,17 +46,7 @@ class PhotoStore:
         path = self.path_for(sha256, fmt)
         if path.exists() and path.stat().st_size == len(data):
             return path  # same content, same name: nothing to do
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data)
         return path
 
     def read(self, sha256: str, fmt: str) -> bytes:
