@@ -8,14 +8,16 @@ agree with the database, it is rebuilt from the vectors stored in the database.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
 
-from app.storage import atomic_write
+from app.storage import atomic_write, file_lock
 
 # FAISS switches from its own kernels to BLAS at this many queries; the default (20) makes batched
 # flat search 7-10x slower on small CPUs.
@@ -115,3 +117,51 @@ class VectorIndex:
         index.add(ids, vectors)
         return index
 
+
+
+class SharedIndex:
+    """The saved index as every process on one data directory sees it.
+
+    Several uvicorn workers and the CLI may use one data directory. Each keeps the index in
+    memory; a change takes an exclusive file lock, first re-reads the saved index if another process
+    saved a newer one, applies the change and saves. Readers notice a newer save by the manifest's
+    stat, which costs microseconds per search.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.current: VectorIndex | None = None
+        self._stamp: tuple | None = None
+        self._lock = threading.Lock()
+        self._lock_path = self.directory / "index.lock"
+
+    def _disk_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.directory / (INDEX_FILE + ".json"))
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _refresh(self) -> None:
+        stamp = self._disk_stamp()
+        if stamp is not None and stamp != self._stamp:
+            loaded = VectorIndex.load(self.directory)
+            if loaded is not None:
+                self.current, self._stamp = loaded, stamp
+
+    def get(self) -> VectorIndex | None:
+        if self._disk_stamp() != self._stamp:
+            with self._lock, file_lock(self._lock_path, shared=True):
+                self._refresh()
+        return self.current
+
+    def modify(self, change: Callable[[VectorIndex | None], VectorIndex | None]) -> VectorIndex | None:
+        """Run ``change`` on the newest index under the lock; save what it returns (None: no change)."""
+        with self._lock, file_lock(self._lock_path):
+            self._refresh()
+            new = change(self.current)
+            if new is not None:
+                new.save(self.directory)
+                self.current, self._stamp = new, self._disk_stamp()
+            return self.current

@@ -8,17 +8,16 @@ rows and vectors, then the index is updated and saved.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from app.core.config import Settings
-from app.embedding import ImageEncoder, create_encoder, resolve_device
+from app.embedding import ImageEncoder, create_encoder
 from app.errors import AppError, IndexModelMismatch
-from app.imaging import decode_image
-from app.index import VectorIndex
+from app.imaging import DecodedImage, decode_image
+from app.index import SharedIndex, VectorIndex
 from app.matching import Thresholds, aggregate_by_artefact, verdict_for
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
@@ -44,9 +43,8 @@ class MatchingService:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = RegistryStore(settings.db_url, settings.data_dir / "photos")
         self.encoder = encoder or create_encoder(settings)
-        self.device = getattr(self.encoder, "device", resolve_device(settings))
-        self.index: VectorIndex | None = None
-        self._write_lock = threading.Lock()  # serialises index changes and saves
+        self.device = self.encoder.device
+        self.shared_index = SharedIndex(settings.data_dir)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -76,38 +74,44 @@ class MatchingService:
         fp = self.encoder.fingerprint
         return ModelInfo(name=fp.name, fingerprint=fp.id, dim=fp.dim, device=str(self.device))
 
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode for the model: JPEGs at reduced scale, about twice the model input on the short side."""
+        return decode_image(data, max_pixels=self.settings.max_image_pixels,
+                            min_side=2 * self.encoder.preprocessing.size)
+
+    @property
+    def index(self) -> VectorIndex | None:
+        """The newest saved index (another worker or the CLI may have changed it)."""
+        return self.shared_index.get()
+
     def reconcile_index(self) -> VectorIndex:
         """Load the saved index; rebuild it from stored vectors when missing or out of step."""
-        with self._write_lock:
-            saved = VectorIndex.load(self.settings.data_dir)
-            active = self.fingerprint
+        active = self.fingerprint
+
+        def reconcile(saved: VectorIndex | None) -> VectorIndex | None:
             if saved is not None and saved.fingerprint != active:
                 log.warning("Index was built with %s, active model is %s: searches are refused until rebuilt.",
                             saved.fingerprint, active)
-                self.index = saved
-                return saved
+                return None
             stored = self.store.fingerprints()
             if saved is None and not stored.get(active) and stored:
-                # Vectors exist only for another model: keep that model's index, refuse queries.
+                # Vectors exist only for another model: rebuild that model's index, refuse queries.
                 other = max(stored, key=stored.get)
                 ids, vecs = self.store.vectors(other)
-                self.index = VectorIndex.build(other, ids, vecs, vecs.shape[1])
-                self.index.save(self.settings.data_dir)
-                return self.index
+                return VectorIndex.build(other, ids, vecs, vecs.shape[1])
             ids, vecs = self.store.vectors(active)
             if saved is not None and np.array_equal(np.sort(saved.ids()), ids):
-                self.index = saved
-            else:
-                version = (saved.version + 1) if saved is not None else 1
-                if saved is not None:
-                    log.warning("Index disagrees with the registry (%d vs %d vectors): rebuilding.", saved.count, len(ids))
-                self.index = VectorIndex.build(active, ids, vecs, self.encoder.dim, version)
-                self.index.save(self.settings.data_dir)
-            missing = len(self.store.photos_missing_vectors(active))
-            if missing:
-                log.warning("%d photos have no vector for %s: run `heritage-match index rebuild --reembed`.",
-                            missing, active)
-            return self.index
+                return None
+            if saved is not None:
+                log.warning("Index disagrees with the registry (%d vs %d vectors): rebuilding.", saved.count, len(ids))
+            return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved))
+
+        index = self.shared_index.modify(reconcile)
+        missing = len(self.store.photos_missing_vectors(active))
+        if missing and index is not None and index.fingerprint == active:
+            log.warning("%d photos have no vector for %s: run `heritage-match index rebuild --reembed`.",
+                        missing, active)
+        return index
 
     def rebuild_index(self, reembed: bool = False, progress=None) -> dict:
         """Rebuild the index for the active model; with ``reembed`` first embed photos lacking vectors."""
@@ -120,8 +124,7 @@ class MatchingService:
                 images, ok = [], []
                 for photo in chunk:
                     try:
-                        images.append(decode_image(self.store.photos.read(photo.sha256, photo.format),
-                                                   max_pixels=self.settings.max_image_pixels).image)
+                        images.append(self.decode(self.store.photos.read(photo.sha256, photo.format)).image)
                         ok.append(photo.id)
                     except (AppError, OSError) as exc:
                         failed += 1
@@ -132,14 +135,14 @@ class MatchingService:
                     embedded += len(ok)
                 if progress:
                     progress(len(chunk))
-        with self._write_lock:
+        def rebuild(saved: VectorIndex | None) -> VectorIndex:
             ids, vecs = self.store.vectors(active)
-            version = (self.index.version + 1) if self.index is not None else 1
-            self.index = VectorIndex.build(active, ids, vecs, self.encoder.dim, version)
-            self.index.save(self.settings.data_dir)
+            return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved))
+
+        index = self.shared_index.modify(rebuild)
         missing = len(self.store.photos_missing_vectors(active))
-        return {"fingerprint": active, "vectors": self.index.count, "embedded": embedded, "failed": failed,
-                "missing": missing, "version": self.index.version}
+        return {"fingerprint": active, "vectors": index.count, "embedded": embedded, "failed": failed,
+                "missing": missing, "version": index.version}
 
     def index_status(self) -> dict:
         idx = self.index
@@ -161,7 +164,7 @@ class MatchingService:
         decoded = []
         for item in inputs:
             try:
-                decoded.append(decode_image(item.data, max_pixels=self.settings.max_image_pixels))
+                decoded.append(self.decode(item.data))
             except AppError as exc:
                 if item.label:
                     exc.message = f"{item.label}: {exc.message}"
@@ -198,11 +201,15 @@ class MatchingService:
         pairs = [(p.id, by_sha[p.sha256]) for p in stored if p.sha256 in by_sha]
         if not pairs:
             return
-        with self._write_lock:
-            if self.index is None or self.index.fingerprint != self.fingerprint:
-                return  # stale index: vectors are stored, `index rebuild` will pick them up
-            self.index.add(np.array([i for i, _ in pairs]), np.stack([v for _, v in pairs]))
-            self.index.save(self.settings.data_dir)
+        active = self.fingerprint
+
+        def add(index: VectorIndex | None) -> VectorIndex | None:
+            if index is None or index.fingerprint != active:
+                return None  # stale index: the vectors are stored, `index rebuild` picks them up
+            index.add(np.array([i for i, _ in pairs]), np.stack([v for _, v in pairs]))
+            return index
+
+        self.shared_index.modify(add)
 
     def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
         changes = ArtefactUpdate.model_validate(changes).model_dump(exclude_unset=True)
@@ -210,9 +217,10 @@ class MatchingService:
 
     def delete_artefact(self, artefact_id: int) -> None:
         photo_ids = self.store.delete_artefact(artefact_id)
-        with self._write_lock:
-            if self.index is not None and self.index.remove(photo_ids):
-                self.index.save(self.settings.data_dir)
+        def remove(index: VectorIndex | None) -> VectorIndex | None:
+            return index if index is not None and index.remove(photo_ids) else None
+
+        self.shared_index.modify(remove)
 
     def list_artefacts(self, flt: ArtefactFilter, offset: int, limit: int):
         return self.store.list_artefacts(flt, offset, limit)
@@ -235,7 +243,7 @@ class MatchingService:
     def search(self, data: bytes, top_k: int | None = None) -> SearchResponse:
         t0 = time.perf_counter()
         idx = self.check_index()
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        decoded = self.decode(data)
         vector = self.encoder.embed_one(decoded.image)
         results = self.search_vector(vector, top_k or self.settings.top_k, idx)
         return SearchResponse(
@@ -267,3 +275,7 @@ class MatchingService:
                 )
             )
         return results
+
+
+def _next_version(index: VectorIndex | None) -> int:
+    return index.version + 1 if index is not None else 1

@@ -1,9 +1,11 @@
-"""Crash-safe file writes shared by the photo store and the index."""
+"""Crash-safe file writes and inter-process locks for the data directory."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -27,3 +29,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def file_lock(path: Path, shared: bool = False):
+    """An advisory lock between processes (uvicorn workers, the CLI) on one data directory."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

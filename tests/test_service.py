@@ -89,3 +89,17 @@ def test_verdict_follows_thresholds(settings, encoder):
     assert results[0].verdict in ("match", "possible")
     assert results[1].verdict == "no_match"
     strict.close()
+
+
+def test_two_processes_on_one_data_dir_see_each_others_changes(settings, encoder, service):
+    """Like two uvicorn workers, or the CLI importing while the server runs."""
+    other = MatchingService(settings, encoder=encoder).start()
+    register(service, 1, start=0)
+    register(other, 1, start=1)  # must not drop A-0 from the saved index
+    assert other.search(jpeg_bytes(random_photo(0))).results[0].inventory_number == "A-0"
+    assert service.search(jpeg_bytes(random_photo(1))).results[0].inventory_number == "A-1"
+    other.delete_artefact(other.store.find_artefact("X", "A-0").id)
+    assert all(r.inventory_number != "A-0" for r in service.search(jpeg_bytes(random_photo(0))).results)
+    saved = VectorIndex.load(settings.data_dir)
+    assert sorted(saved.ids()) == sorted(service.store.photo_ids())
+    other.close()
