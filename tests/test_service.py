@@ -103,3 +103,14 @@ def test_two_processes_on_one_data_dir_see_each_others_changes(settings, encoder
     saved = VectorIndex.load(settings.data_dir)
     assert sorted(saved.ids()) == sorted(service.store.photo_ids())
     other.close()
+
+
+def test_duplicate_inventory_number_leaves_no_photo_file(service):
+    register(service, 1)
+    files = set(service.store.photos.all_files())
+    from app.errors import Conflict
+
+    with pytest.raises(Conflict):
+        service.register_artefact({"inventory_number": "A-0", "institution": "X"},
+                                  [PhotoInput(jpeg_bytes(random_photo(50)))])
+    assert set(service.store.photos.all_files()) == files and service.index.count == 1

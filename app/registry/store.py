@@ -58,8 +58,6 @@ class RegistryStore:
 
     def create_artefact(self, fields: dict, photos: list[NewPhoto], fingerprint: str | None) -> Artefact:
         """Store an artefact with its photos and their vectors in one transaction."""
-        for p in photos:  # files first: a crash leaves at worst an unreferenced file, never a dangling row
-            self.photos.put(p.data, p.sha256, p.format)
         with self.sessions.begin() as s:
             artefact = Artefact(**fields)
             s.add(artefact)
@@ -70,6 +68,10 @@ class RegistryStore:
                     f"Artefact {fields.get('inventory_number')!r} of institution "
                     f"{fields.get('institution') or '(none)'!r} is already registered."
                 ) from exc
+            # Files before the commit: a crash leaves at worst an unreferenced file, never a row
+            # pointing at a missing photo.
+            for p in photos:
+                self.photos.put(p.data, p.sha256, p.format)
             self._attach_photos(s, artefact, photos, fingerprint)
         return self.get_artefact(artefact.id)
 
