@@ -147,3 +147,10 @@ def test_openapi_lists_the_endpoints(client):
     for p in ("/v1/search", "/v1/artefacts", "/v1/artefacts/{artefact_id}", "/v1/artefacts/{artefact_id}/photos",
               "/v1/photos/{photo_id}", "/healthz", "/readyz"):
         assert p in paths
+
+
+def test_docs_page_needs_no_cdn(client):
+    page = client.get("/docs").text
+    assert "cdn." not in page and "swagger-ui-bundle.js" in page
+    src = page.split('src="')[1].split('"')[0]
+    assert client.get(src).status_code == 200

@@ -6,6 +6,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         if owned:
             app.state.service.close()
 
-    app = FastAPI(
+    # The docs pages' scripts are served from the package: posts without internet still get /docs.
+    app = FastAPIOffline(
         title="heritage-match",
         version=__version__,
         description="Match photos of cultural objects against a registry of artefacts at risk of trafficking.",
