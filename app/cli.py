@@ -210,12 +210,13 @@ def models_fetch(
     except Exception as exc:  # offline: say exactly what to copy where
         url = spec.download_url()
         console.print(f"[red]Could not download {spec.architecture} / {spec.pretrained}:[/red] {exc}")
+        here = settings.models_dir.resolve()
         console.print(
             "This machine cannot reach the model hub. Either:\n"
-            f"  1. run `heritage-match models fetch {model or ''}` on a connected machine and copy its "
-            f"`{settings.models_dir}/` folder to `{settings.models_dir.resolve()}/` here; or\n"
-            f"  2. download {url or 'the checkpoint'} by other means, put it in {settings.models_dir.resolve()}/ and set\n"
-            f"     HM_MODEL=clip:{spec.architecture}:{settings.models_dir.resolve()}/<file name>\n"
+            f"  1. run `heritage-match models fetch clip:{spec.architecture}:{spec.pretrained}` on a connected "
+            f"machine and copy its models folder (HM_MODELS_DIR) into {here}/ here; or\n"
+            f"  2. download {url or 'the checkpoint'} by other means, put it in {here}/ and set\n"
+            f"     HM_MODEL=clip:{spec.architecture}:{here}/<file name>\n"
             "Until then HM_MODEL=auto uses the offline model efficientnet-lite0."
         )
         raise typer.Exit(1)
