@@ -99,9 +99,9 @@ class MatchingService:
                 other = max(stored, key=stored.get)
                 ids, vecs = self.store.vectors(other)
                 return VectorIndex.build(other, ids, vecs, vecs.shape[1])
+            if saved is not None and np.array_equal(np.sort(saved.ids()), self.store.vector_ids(active)):
+                return None  # the usual start: nothing to rebuild, no vector read
             ids, vecs = self.store.vectors(active)
-            if saved is not None and np.array_equal(np.sort(saved.ids()), ids):
-                return None
             if saved is not None:
                 log.warning("Index disagrees with the registry (%d vs %d vectors): rebuilding.", saved.count, len(ids))
             return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved))

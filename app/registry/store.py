@@ -241,6 +241,16 @@ class RegistryStore:
         vecs = np.stack([np.frombuffer(r[2], dtype="<f4") for r in rows]).astype(np.float32)
         return ids, vecs
 
+    def vector_ids(self, fingerprint: str) -> np.ndarray:
+        """Ids of the photos that have a vector of this model, ascending (no vectors read)."""
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(Embedding.photo_id)
+                .where(Embedding.model_fingerprint == fingerprint)
+                .order_by(Embedding.photo_id)
+            )
+            return np.fromiter(rows, dtype=np.int64)
+
     def photo_ids(self) -> np.ndarray:
         with self.sessions() as s:
             return np.fromiter(s.scalars(select(Photo.id).order_by(Photo.id)), dtype=np.int64)
