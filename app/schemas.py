@@ -44,6 +44,10 @@ class ArtefactFields(BaseModel):
     weight_unit: str | None = Field(None, max_length=20, description="e.g. g, kg")
 
 
+# Every field of the record, by its API name (also the manifest's column names).
+RECORD_FIELDS = tuple(ArtefactFields.model_fields)
+
+
 class ArtefactCreate(ArtefactFields):
     inventory_number: str = Field(..., min_length=1, max_length=200)
     institution: str = Field("", max_length=300)

@@ -153,7 +153,8 @@ class MatchingService:
 
     def indexed_photo_ids(self, photo_ids: list[int]) -> set[int]:
         """Photos that searches with the active model can find."""
-        if self.index is None or self.index.fingerprint != self.fingerprint:
+        idx = self.index
+        if idx is None or idx.fingerprint != self.fingerprint:
             return set()
         return self.store.indexed_photo_ids(self.fingerprint, photo_ids)
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from app.registry.models import Artefact, Photo
-from app.schemas import ArtefactFields, ArtefactOut, PhotoOut
+from app.schemas import RECORD_FIELDS, ArtefactOut, PhotoOut
 from app.service import MatchingService
-
-FIELD_NAMES = tuple(ArtefactFields.model_fields)
 
 
 def photo_out(photo: Photo, indexed: bool) -> PhotoOut:
@@ -24,7 +22,7 @@ def artefact_outs(service: MatchingService, artefacts: list[Artefact]) -> list[A
         ArtefactOut(
             id=a.id, created_at=a.created_at, updated_at=a.updated_at,
             photos=[photo_out(p, p.id in indexed) for p in a.photos],
-            **{name: getattr(a, name) for name in FIELD_NAMES},
+            **{name: getattr(a, name) for name in RECORD_FIELDS},
         )
         for a in artefacts
     ]

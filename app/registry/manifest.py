@@ -19,11 +19,10 @@ from pydantic import ValidationError
 
 from app.errors import AppError
 from app.registry.photos import EXTENSIONS
-from app.schemas import ArtefactCreate, ArtefactFields
+from app.schemas import RECORD_FIELDS, ArtefactCreate
 from app.service import MatchingService, PhotoInput
 
-FIELD_NAMES = tuple(ArtefactFields.model_fields)
-EXPORT_COLUMNS = ("inventory_number", "institution", *(n for n in FIELD_NAMES if n not in ("inventory_number", "institution")), "photos")
+EXPORT_COLUMNS = ("inventory_number", "institution", *(n for n in RECORD_FIELDS if n not in ("inventory_number", "institution")), "photos")
 
 
 @dataclass
@@ -118,7 +117,7 @@ def import_manifest(
 
 def _import_row(service: MatchingService, base: Path, row: dict, report: ImportReport) -> None:
     photos = _photo_list(row)
-    unknown = set(row) - set(FIELD_NAMES) - {"photos"}
+    unknown = set(row) - set(RECORD_FIELDS) - {"photos"}
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
     record = ArtefactCreate(**{k: v for k, v in row.items() if k != "photos"})

@@ -37,27 +37,6 @@ class Base(DeclarativeBase):
     pass
 
 
-# Text fields of the Object ID record (plus trafficking-case fields), in export order.
-TEXT_FIELDS = (
-    "title",
-    "category",
-    "object_type",
-    "materials",
-    "techniques",
-    "inscriptions",
-    "date_period",
-    "maker",
-    "subject",
-    "distinguishing_features",
-    "description",
-    "find_site",
-    "provenance",
-    "source_reference",
-)
-MEASUREMENT_FIELDS = ("height", "width", "depth", "diameter", "weight")
-UNIT_FIELDS = ("dimension_unit", "weight_unit")
-
-
 class Artefact(Base):
     __tablename__ = "artefacts"
     __table_args__ = (UniqueConstraint("institution", "inventory_number", name="uq_institution_inventory"),)
