@@ -242,18 +242,32 @@ class MatchingService:
         return idx
 
     def search(self, data: bytes, top_k: int | None = None) -> SearchResponse:
+        """One uploaded photo: decode, then the same path as a batch of one."""
         t0 = time.perf_counter()
-        idx = self.check_index()
+        self.check_index()
         decoded = self.decode(data)
-        vector = self.encoder.embed_one(decoded.image)
-        results = self.search_vector(vector, top_k or self.settings.top_k, idx)
-        return SearchResponse(
-            model=self.model_info(),
-            index_version=idx.version,
-            query=QueryInfo(sha256=decoded.sha256, width=decoded.width, height=decoded.height, format=decoded.format),
-            results=results,
-            took_ms=round((time.perf_counter() - t0) * 1000, 2),
-        )
+        return self.search_images([decoded], top_k, started=t0)[0]
+
+    def search_images(self, decoded: list[DecodedImage], top_k: int | None = None,
+                      started: float | None = None) -> list[SearchResponse]:
+        """Search already decoded photos in one batch (the API, scans and evaluate all end here)."""
+        t0 = started if started is not None else time.perf_counter()
+        idx = self.check_index()
+        if not decoded:
+            return []
+        vectors = self.encoder.embed([d.image for d in decoded])
+        k = top_k or self.settings.top_k
+        model = self.model_info()
+        responses = []
+        for d, vector in zip(decoded, vectors):
+            responses.append(SearchResponse(
+                model=model,
+                index_version=idx.version,
+                query=QueryInfo(sha256=d.sha256, width=d.width, height=d.height, format=d.format),
+                results=self.search_vector(vector, k, idx),
+                took_ms=round((time.perf_counter() - t0) * 1000, 2),
+            ))
+        return responses
 
     def search_vector(self, vector: np.ndarray, top_k: int, idx: VectorIndex | None = None) -> list[SearchResult]:
         idx = idx or self.check_index()
