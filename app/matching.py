@@ -1,10 +1,20 @@
-"""From photo hits to artefact candidates with a verdict. Pure functions, no I/O."""
+"""From photo hits to judged artefact candidates. Pure functions, no I/O.
+
+search hits -> ``aggregate_by_artefact`` -> ``gather_evidence`` (colour, geometry) ->
+``judge`` (calibrated score, verdict) -> ranked candidates.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from app.calibration import Calibration, Evidence
+from app.local_features import NO_GEOMETRY, GeometryResult, LocalFeatures, verify_geometry
+from app.signatures import VisualSignature
+
+PHOTOS_VERIFIED_PER_ARTEFACT = 2
 
 
 @dataclass(frozen=True)
@@ -20,23 +30,104 @@ class Thresholds:
 @dataclass(frozen=True)
 class Candidate:
     artefact_id: int
-    photo_id: int
-    score: float
+    photo_id: int  # the artefact's best-scoring photo
+    score: float  # its cosine
+    region: int = 0  # which query region scored it (0: the whole frame)
+    photo_ids: tuple[int, ...] = ()  # the artefact's photos among the hits, best first
+
+
+@dataclass(frozen=True)
+class PhotoEvidence:
+    """What is stored about a registry photo for verification."""
+
+    colour: np.ndarray
+    features: LocalFeatures
+
+
+@dataclass
+class Judged:
+    candidate: Candidate
+    evidence: Evidence
+    score: float  # calibrated, in [0, 1]
+    verdict: str
+    photo_id: int  # the registry photo that supports the verdict best
+    box: tuple[int, int, int, int] | None = None  # where in the query the artefact was found
+    exact_reuse: bool = False
+    extra: dict = field(default_factory=dict)
 
 
 def aggregate_by_artefact(
-    scores: np.ndarray, photo_ids: np.ndarray, owner: dict[int, int], top_k: int
+    scores: np.ndarray, photo_ids: np.ndarray, owner: dict[int, int], top_k: int,
+    regions: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """Keep the best-scoring photo of each artefact; return the top ``top_k`` artefacts."""
+    """Keep the best-scoring photo of each artefact; return the top ``top_k`` artefacts.
+
+    ``scores``/``photo_ids`` may hold hits of several query regions (``regions`` says which).
+    """
     best: dict[int, Candidate] = {}
-    for score, pid in zip(scores.tolist(), photo_ids.tolist()):
+    photos: dict[int, list[int]] = {}
+    region_of = regions.tolist() if regions is not None else [0] * len(scores)
+    for score, pid, region in sorted(zip(scores.tolist(), photo_ids.tolist(), region_of), key=lambda t: -t[0]):
         if pid < 0 or pid not in owner:  # -1: FAISS padding; missing owner: deleted meanwhile
             continue
         aid = owner[pid]
-        if aid not in best or score > best[aid].score:
-            best[aid] = Candidate(aid, int(pid), float(score))
-    ranked = sorted(best.values(), key=lambda c: (-c.score, c.artefact_id))
-    return ranked[:top_k]
+        if aid not in best:
+            best[aid] = Candidate(aid, int(pid), float(score), int(region))
+            photos[aid] = []
+        if pid not in photos[aid]:
+            photos[aid].append(int(pid))
+    ranked = sorted(best.values(), key=lambda c: (-c.score, c.artefact_id))[:top_k]
+    return [Candidate(c.artefact_id, c.photo_id, c.score, c.region, tuple(photos[c.artefact_id])) for c in ranked]
+
+
+def margins(cosines: list[float], background: float) -> list[float]:
+    """Each candidate's cosine minus the best cosine of any other candidate."""
+    out = []
+    for i, c in enumerate(cosines):
+        others = cosines[:i] + cosines[i + 1:]
+        out.append(c - max(others) if others else c - background)
+    return out
+
+
+def gather_evidence(
+    query: VisualSignature, candidates: list[Candidate], photos: dict[int, PhotoEvidence],
+    calibration: Calibration, verify: int,
+) -> list[tuple[Evidence, int, GeometryResult]]:
+    """Colour and geometry for the first ``verify`` candidates; cosine and margin for all.
+
+    Returns, per candidate: its evidence, the photo that supports it best, and the geometry.
+    """
+    cosines = [c.score for c in candidates]
+    out = []
+    for i, (c, margin) in enumerate(zip(candidates, margins(cosines, calibration.background_cosine))):
+        best_photo, geometry, colour = c.photo_id, NO_GEOMETRY, 0.0
+        checked = (c.photo_ids[:PHOTOS_VERIFIED_PER_ARTEFACT] or (c.photo_id,)) if i < verify else (c.photo_id,)
+        for pid in checked:
+            ref = photos.get(pid)
+            if ref is None:
+                continue
+            colour = max(colour, float(np.dot(query.colour, ref.colour)))
+            if i < verify:
+                g = verify_geometry(query.features, ref.features)
+                if g.inliers > geometry.inliers:
+                    best_photo, geometry = pid, g
+        out.append((Evidence(c.score, margin, colour, geometry.inliers), best_photo, geometry))
+    return out
+
+
+def judge(candidates: list[Candidate], evidence: list[tuple[Evidence, int, GeometryResult]],
+          calibration: Calibration, boxes: list[tuple[int, int, int, int]]) -> list[Judged]:
+    """Calibrated score and verdict per candidate, best first.
+
+    ``boxes[i]`` is query region ``i``; a verified candidate's box is where its keypoints matched.
+    """
+    judged = []
+    for c, (ev, photo_id, geometry) in zip(candidates, evidence):
+        score = calibration.score(ev)
+        box = geometry.box if geometry.box is not None else (boxes[c.region] if c.region < len(boxes) else None)
+        judged.append(Judged(c, ev, score, calibration.verdict(score), photo_id, box))
+    judged.sort(key=lambda j: (-j.score, -j.evidence.cosine, j.candidate.artefact_id))
+    return judged
 
 
 def verdict_for(score: float, thresholds: Thresholds) -> str:

@@ -95,6 +95,25 @@ class ArtefactPage(BaseModel):
     limit: int
 
 
+class Region(BaseModel):
+    """A box in the query photo's pixels (after EXIF orientation): x0, y0 inclusive, x1, y1 exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+class MatchEvidence(BaseModel):
+    """Why the score is what it is."""
+
+    exact_reuse: bool = Field(False, description="The query re-uses this registry photo (perceptual hash).")
+    cosine: float | None = Field(None, description="Embedding similarity to the artefact's best photo.")
+    margin: float | None = Field(None, description="Cosine lead over the best other artefact.")
+    colour: float | None = Field(None, description="Colour-signature similarity, 0 to 1.")
+    inliers: int = Field(0, description="Keypoint matches consistent with one geometric transform.")
+
+
 class SearchResult(BaseModel):
     model_config = ConfigDict(use_enum_values=True)
 
@@ -103,10 +122,12 @@ class SearchResult(BaseModel):
     institution: str
     title: str | None
     status: ArtefactStatus
-    score: float = Field(description="Cosine similarity of the best-matching registry photo.")
+    score: float = Field(description="Calibrated confidence that this is the same object, 0 to 1.")
     verdict: Verdict
     photo_id: int = Field(description="The registry photo that matched best.")
     photo_url: str
+    region: Region | None = Field(None, description="Where in the query photo this artefact was found.")
+    evidence: MatchEvidence
 
 
 class ModelInfo(BaseModel):
@@ -114,6 +135,7 @@ class ModelInfo(BaseModel):
     fingerprint: str
     dim: int
     device: str
+    calibrated: bool = Field(True, description="False: scores follow fixed cosine thresholds, not a fit.")
 
 
 class QueryInfo(BaseModel):

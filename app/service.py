@@ -1,6 +1,8 @@
 """MatchingService: the one object the API, the CLI and the evaluator share.
 
-Search is a straight line: bytes -> decode -> embed -> search -> aggregate -> verdict -> response.
+Search is a straight line: bytes -> decode -> signature (perceptual hash: exact re-use of a registry
+photo ends here) -> regions -> embed -> search -> aggregate -> verify (colour, geometry) ->
+calibrated score and verdict -> response.
 Registration: decode and embed first (no lock, no transaction), then one database transaction for
 rows and vectors, then the index is updated and saved.
 """
@@ -18,16 +20,27 @@ from app.embedding import ImageEncoder, create_encoder
 from app.errors import AppError, IndexModelMismatch
 from app.imaging import DecodedImage, decode_image
 from app.index import SharedIndex, VectorIndex
-from app.matching import Thresholds, aggregate_by_artefact, verdict_for
+from app.calibration import Calibration, Evidence, load_calibration
+from app.local_features import LocalFeatures
+from app.matching import Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge
+from app.regions import Box, crop, full_frame, propose_regions
+from app.signatures import VisualSignature, colour_from_bytes, compute_signature, hamming
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
-from app.schemas import ArtefactCreate, ArtefactUpdate, ModelInfo, QueryInfo, SearchResponse, SearchResult
+from app.schemas import (
+    ArtefactCreate, ArtefactUpdate, MatchEvidence, ModelInfo, QueryInfo, Region, SearchResponse, SearchResult,
+)
 
 log = logging.getLogger(__name__)
 
 # How many photo hits to pull per requested artefact: an artefact may have several photos.
 HITS_PER_RESULT = 10
 MIN_HITS = 50
+# Candidates that get colour and geometric verification; the rest keep their embedding evidence.
+VERIFIED_CANDIDATES = 8
+# Exact re-use: perceptual hashes this close (of 64 bits) and colours this alike are the same picture.
+REUSE_MAX_BITS = 6
+REUSE_MIN_COLOUR = 0.85
 
 
 @dataclass
@@ -45,6 +58,8 @@ class MatchingService:
         self.encoder = encoder or create_encoder(settings)
         self.device = self.encoder.device
         self.shared_index = SharedIndex(settings.data_dir)
+        self._calibration: Calibration | None = None
+        self._hashes: tuple[tuple, np.ndarray, np.ndarray] | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -62,17 +77,17 @@ class MatchingService:
         return self.encoder.fingerprint.id
 
     @property
-    def thresholds(self) -> Thresholds:
-        return Thresholds(
-            match=self.settings.match_threshold if self.settings.match_threshold is not None else self.encoder.match_threshold,
-            possible=self.settings.possible_threshold
-            if self.settings.possible_threshold is not None
-            else self.encoder.possible_threshold,
-        )
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            fp = self.encoder.fingerprint
+            cal = load_calibration(fp, self.encoder.match_threshold, self.encoder.possible_threshold)
+            self._calibration = cal.with_thresholds(self.settings.match_threshold, self.settings.possible_threshold)
+        return self._calibration
 
     def model_info(self) -> ModelInfo:
         fp = self.encoder.fingerprint
-        return ModelInfo(name=fp.name, fingerprint=fp.id, dim=fp.dim, device=str(self.device))
+        return ModelInfo(name=fp.name, fingerprint=fp.id, dim=fp.dim, device=str(self.device),
+                         calibrated=self.calibration.calibrated)
 
     def decode(self, data: bytes) -> DecodedImage:
         """Decode for the model: JPEGs at reduced scale, about twice the model input on the short side."""
@@ -174,7 +189,7 @@ class MatchingService:
         vectors = self.encoder.embed([d.image for d in decoded]) if decoded else []
         return [
             NewPhoto(data=item.data, sha256=d.sha256, format=d.format, width=d.width, height=d.height,
-                     vector=vec, view=item.view)
+                     vector=vec, view=item.view, signature=compute_signature(d.image))
             for item, d, vec in zip(inputs, decoded, vectors)
         ]
 
@@ -255,40 +270,125 @@ class MatchingService:
         idx = self.check_index()
         if not decoded:
             return []
-        vectors = self.encoder.embed([d.image for d in decoded])
         k = top_k or self.settings.top_k
+        signatures = [compute_signature(d.image) for d in decoded]
+        judged: list[list[Judged] | None] = [self._exact_reuse(sig, k) or None for sig in signatures]
+        regions = {i: self._regions(decoded[i]) for i, j in enumerate(judged) if j is None}
+        crops = [crop(decoded[i].image, box) if n else decoded[i].image
+                 for i, boxes in regions.items() for n, box in enumerate(boxes)]
+        vectors = self.encoder.embed(crops) if crops else np.zeros((0, self.encoder.dim), np.float32)
+        start = 0
+        for i, boxes in regions.items():
+            judged[i] = self._search_regions(vectors[start:start + len(boxes)], boxes, signatures[i], k, idx)
+            start += len(boxes)
         model = self.model_info()
-        responses = []
-        for d, vector in zip(decoded, vectors):
-            responses.append(SearchResponse(
-                model=model,
-                index_version=idx.version,
+        return [
+            SearchResponse(
+                model=model, index_version=idx.version,
                 query=QueryInfo(sha256=d.sha256, width=d.width, height=d.height, format=d.format),
-                results=self.search_vector(vector, k, idx),
-                took_ms=round((time.perf_counter() - t0) * 1000, 2),
-            ))
-        return responses
+                results=self._present(j, d), took_ms=round((time.perf_counter() - t0) * 1000, 2),
+            )
+            for d, j in zip(decoded, judged)
+        ]
 
-    def search_vector(self, vector: np.ndarray, top_k: int, idx: VectorIndex | None = None) -> list[SearchResult]:
-        idx = idx or self.check_index()
-        scores, ids = idx.search(vector[None, :], max(MIN_HITS, top_k * HITS_PER_RESULT))
-        owner = self.store.photo_owner_map([int(i) for i in ids[0] if i >= 0])
-        candidates = aggregate_by_artefact(scores[0], ids[0], owner, top_k)
-        artefacts = self.store.artefacts_by_ids([c.artefact_id for c in candidates])
-        thresholds = self.thresholds
+    def _regions(self, decoded: DecodedImage) -> list[Box]:
+        """The whole frame first, then object proposals (several objects, clutter)."""
+        frame = full_frame(decoded.image)
+        return [frame] + (propose_regions(decoded.image) if self.settings.region_proposals else [])
+
+    def _search_regions(self, vectors: np.ndarray, boxes: list[Box], signature: VisualSignature, top_k: int,
+                        idx: VectorIndex) -> list[Judged]:
+        """Search every region, merge per artefact, verify the best candidates, score, rank."""
+        wanted = max(top_k, VERIFIED_CANDIDATES)
+        scores, ids = idx.search(vectors, max(MIN_HITS, wanted * HITS_PER_RESULT))
+        region_of = np.repeat(np.arange(len(boxes)), ids.shape[1])
+        owner = self.store.photo_owner_map(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        candidates = aggregate_by_artefact(scores.ravel(), ids.ravel(), owner, wanted, region_of)
+        photo_ids = sorted({p for c in candidates for p in (c.photo_ids[:2] or (c.photo_id,))})
+        evidence = gather_evidence(signature, candidates, self.photo_evidence(photo_ids), self.calibration,
+                                   VERIFIED_CANDIDATES)
+        return judge(candidates, evidence, self.calibration, [b.as_tuple() for b in boxes])[:top_k]
+
+    def photo_evidence(self, photo_ids: list[int]) -> dict[int, PhotoEvidence]:
+        """Stored signatures of registry photos; photos registered before signatures existed get theirs now."""
+        rows = self.store.signatures(photo_ids)
+        missing = [pid for pid in photo_ids if pid not in rows]
+        if missing:
+            self.backfill_signatures(self.store.photos_by_ids(missing))
+            rows = self.store.signatures(photo_ids)
+        return {pid: PhotoEvidence(colour_from_bytes(r.colour), LocalFeatures.from_bytes(r.features))
+                for pid, r in rows.items()}
+
+    def backfill_signatures(self, photos: list[Photo], progress=None) -> int:
+        """Compute and store signatures for these photos; a photo that cannot be read is skipped."""
+        done = []
+        for photo in photos:
+            try:
+                image = self.decode(self.store.photos.read(photo.sha256, photo.format)).image
+                done.append((photo.id, compute_signature(image)))
+            except (AppError, OSError) as exc:
+                log.error("Photo %d has no signature: %s", photo.id, exc)
+            if progress:
+                progress(1)
+        if done:
+            self.store.put_signatures(done)
+        return len(done)
+
+    def _exact_reuse(self, signature: VisualSignature, top_k: int) -> list[Judged]:
+        """Registry photos this query re-uses (resized, recompressed, watermarked): no neural work needed."""
+        bits = bin(signature.phash & (2**64 - 1)).count("1")
+        if not 8 <= bits <= 56:  # a near-uniform picture's hash says little
+            return []
+        ids, hashes = self._hash_table()
+        if not len(ids):
+            return []
+        near = ids[hamming(signature.phash, hashes) <= REUSE_MAX_BITS]
+        if not len(near):
+            return []
+        evidence = self.photo_evidence([int(i) for i in near])
+        owner = self.store.photo_owner_map(list(evidence))
+        found: dict[int, Judged] = {}
+        for pid, ev in evidence.items():
+            colour = float(np.dot(signature.colour, ev.colour))
+            if colour < REUSE_MIN_COLOUR or pid not in owner or owner[pid] in found:
+                continue
+            cand = Candidate(owner[pid], pid, 1.0, 0, (pid,))
+            found[owner[pid]] = Judged(cand, Evidence(1.0, 1.0, colour, 0), 1.0, "match", pid,
+                                       exact_reuse=True)
+        return list(found.values())[:top_k]
+
+    def _hash_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Perceptual hashes of all registry photos, reloaded when the index changes."""
+        idx = self.index
+        key = (id(idx), idx.count if idx else 0, idx.version if idx else 0)
+        if self._hashes is None or self._hashes[0] != key:
+            ids, hashes = self.store.photo_hashes()
+            self._hashes = (key, ids, hashes)
+        return self._hashes[1], self._hashes[2]
+
+    def _present(self, judged: list[Judged], decoded: DecodedImage) -> list[SearchResult]:
+        artefacts = self.store.artefacts_by_ids([j.candidate.artefact_id for j in judged])
+        # Boxes were found on the decoded (possibly reduced) image: report them in original pixels.
+        sx, sy = decoded.width / decoded.image.width, decoded.height / decoded.image.height
         results = []
-        for c in candidates:
-            a = artefacts.get(c.artefact_id)
+        for j in judged:
+            a = artefacts.get(j.candidate.artefact_id)
             if a is None:
                 continue
-            score = float(np.clip(c.score, -1.0, 1.0))
-            results.append(
-                SearchResult(
-                    artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution,
-                    title=a.title, status=a.status, score=round(score, 6), verdict=verdict_for(score, thresholds),
-                    photo_id=c.photo_id, photo_url=f"/v1/photos/{c.photo_id}",
-                )
-            )
+            region = None
+            if j.box is not None and not j.exact_reuse:
+                x0, y0, x1, y1 = j.box
+                region = Region(x0=int(x0 * sx), y0=int(y0 * sy), x1=min(decoded.width, round(x1 * sx)),
+                                y1=min(decoded.height, round(y1 * sy)))
+            ev = j.evidence
+            evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4)) if j.exact_reuse else
+                        MatchEvidence(cosine=round(float(np.clip(ev.cosine, -1, 1)), 6), margin=round(ev.margin, 6),
+                                      colour=round(ev.colour, 4), inliers=ev.inliers))
+            results.append(SearchResult(
+                artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution, title=a.title,
+                status=a.status, score=round(j.score, 6), verdict=j.verdict, photo_id=j.photo_id,
+                photo_url=f"/v1/photos/{j.photo_id}", region=region, evidence=evidence,
+            ))
         return results
 
 

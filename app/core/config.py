@@ -35,10 +35,15 @@ class Settings(BaseSettings):
     top_k: int = Field(5, description="Default number of artefacts a search returns.")
     batch_size: int = Field(16, description="Images per forward pass when embedding many photos.")
     match_threshold: float | None = Field(
-        None, description="Score at or above which a result is a `match` (default: the model's own)."
+        None, description="Calibrated score (0-1) at or above which a result is a `match` "
+        "(default: the model's calibration)."
     )
     possible_threshold: float | None = Field(
-        None, description="Score at or above which a result is `possible` (default: the model's own)."
+        None, description="Calibrated score (0-1) at or above which a result is `possible` "
+        "(default: the model's calibration)."
+    )
+    region_proposals: bool = Field(
+        True, description="Also search object regions of the query photo (several objects, clutter)."
     )
     torch_threads: int | None = Field(None, description="Threads torch may use (default: torch's choice).")
 

@@ -1,4 +1,5 @@
-"""Database tables: artefacts (Object ID record), their photos, and photo embeddings per model."""
+"""Database tables: artefacts (Object ID record), their photos, photo embeddings per model, and
+model-independent photo signatures (perceptual hash, colour, local features)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import datetime as dt
 import enum
 
 from sqlalchemy import (
+    BigInteger,
     Date,
     DateTime,
     Float,
@@ -95,6 +97,9 @@ class Photo(Base):
     embeddings: Mapped[list["Embedding"]] = relationship(
         back_populates="photo", cascade="all, delete-orphan"
     )
+    signature: Mapped["PhotoSignature | None"] = relationship(
+        back_populates="photo", cascade="all, delete-orphan"
+    )
 
 
 class Embedding(Base):
@@ -106,3 +111,17 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian
 
     photo: Mapped[Photo] = relationship(back_populates="embeddings")
+
+
+class PhotoSignature(Base):
+    """What verification needs of a registry photo, computed once at registration."""
+
+    __tablename__ = "photo_signatures"
+
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    phash: Mapped[int] = mapped_column(BigInteger, index=True)
+    colour: Mapped[bytes] = mapped_column(LargeBinary)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+
+    photo: Mapped[Photo] = relationship(back_populates="signature")

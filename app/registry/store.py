@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.errors import Conflict, NotFound
-from app.registry.models import Artefact, Base, Embedding, Photo
+from app.registry.models import Artefact, Base, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
+from app.signatures import SIGNATURE_VERSION, VisualSignature
 
 
 @dataclass
@@ -31,6 +32,7 @@ class NewPhoto:
     height: int
     vector: np.ndarray | None
     view: str | None = None
+    signature: "VisualSignature | None" = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class RegistryStore:
             s.flush()
             if p.vector is not None and fingerprint:
                 s.add(_embedding_row(photo.id, fingerprint, p.vector))
+            if p.signature is not None:
+                s.add(_signature_row(photo.id, p.signature))
             existing[p.sha256] = photo
             stored.append(photo)
         artefact.updated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -265,6 +269,34 @@ class RegistryStore:
             for photo_id, vec in items:
                 s.merge(_embedding_row(photo_id, fingerprint, vec))
 
+    # --- signatures (perceptual hash, colour, local features) ----------------------------------
+
+    def signatures(self, photo_ids: list[int]) -> dict[int, PhotoSignature]:
+        """Current-version signatures of these photos (missing or outdated ones are absent)."""
+        with self.sessions() as s:
+            rows = s.scalars(select(PhotoSignature).where(
+                PhotoSignature.photo_id.in_(photo_ids), PhotoSignature.version == SIGNATURE_VERSION))
+            return {r.photo_id: r for r in rows}
+
+    def put_signatures(self, items: list[tuple[int, VisualSignature]]) -> None:
+        with self.sessions.begin() as s:
+            for photo_id, sig in items:
+                if s.get(Photo, photo_id) is not None:  # the photo may have been deleted meanwhile
+                    s.merge(_signature_row(photo_id, sig))
+
+    def photo_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(photo ids, perceptual hashes) of every photo with a current signature."""
+        with self.sessions() as s:
+            rows = s.execute(select(PhotoSignature.photo_id, PhotoSignature.phash)
+                             .where(PhotoSignature.version == SIGNATURE_VERSION)).all()
+        return (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                np.fromiter((r[1] for r in rows), np.int64, len(rows)))
+
+    def photos_missing_signatures(self) -> list[Photo]:
+        with self.sessions() as s:
+            have = select(PhotoSignature.photo_id).where(PhotoSignature.version == SIGNATURE_VERSION)
+            return list(s.scalars(select(Photo).where(Photo.id.not_in(have)).order_by(Photo.id)))
+
     def fingerprints(self) -> dict[str, int]:
         with self.sessions() as s:
             rows = s.execute(
@@ -276,6 +308,11 @@ class RegistryStore:
 def _embedding_row(photo_id: int, fingerprint: str, vector: np.ndarray) -> Embedding:
     vec = np.asarray(vector, dtype="<f4").ravel()
     return Embedding(photo_id=photo_id, model_fingerprint=fingerprint, dim=int(vec.size), vector=vec.tobytes())
+
+
+def _signature_row(photo_id: int, sig: VisualSignature) -> PhotoSignature:
+    return PhotoSignature(photo_id=photo_id, version=SIGNATURE_VERSION, phash=sig.phash,
+                          colour=sig.colour_bytes(), features=sig.features.to_bytes())
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
