@@ -147,9 +147,14 @@ def index_rebuild(reembed: bool = typer.Option(False, "--reembed", help="Embed p
     service.encoder.load()
     try:
         todo = len(service.store.photos_missing_vectors(service.fingerprint)) if reembed else 0
+        unsigned = service.store.photos_missing_signatures()
         with _progress() as progress:
             task = progress.add_task("embedding", total=todo)
             report = service.rebuild_index(reembed=reembed, progress=lambda n: progress.advance(task, n))
+            # Photos registered before verification existed (or before its signature version) get
+            # their hash, colour and keypoints now rather than on their first search.
+            sign = progress.add_task("signatures", total=len(unsigned))
+            report["signed"] = service.backfill_signatures(unsigned, progress=lambda n: progress.advance(sign, n))
     finally:
         service.close()
     console.print(f"index rebuilt for {report['fingerprint']}: {report['vectors']} vectors, version {report['version']}")
@@ -228,9 +233,13 @@ def evaluate(
     pack: Path = typer.Argument(..., exists=True, file_okay=False, help="Benchmark pack folder."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this file."),
     show_failures: bool = typer.Option(False, "--failures", help="Keep the list of failed queries in the output."),
+    report_out: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with every failure."),
+    candidates_out: Optional[Path] = typer.Option(
+        None, "--candidates", help="Write every returned candidate with its evidence (JSONL; calibration data)."
+    ),
 ):
     """Measure recall@1/5/10, mAP, open-set rates and latency on a benchmark pack."""
-    from app.evaluate import evaluate_pack
+    from app.evaluate import evaluate_pack, write_report
 
     with _progress() as progress:
         tasks: dict[str, int] = {}
@@ -241,6 +250,12 @@ def evaluate(
             progress.update(tasks[stage], completed=done)
 
         result = evaluate_pack(pack, get_settings(), progress=report)
+    if report_out:
+        write_report(result, pack, report_out)
+    candidates = result.pop("candidates")
+    if candidates_out:
+        candidates_out.parent.mkdir(parents=True, exist_ok=True)
+        candidates_out.write_text("".join(json.dumps(c) + "\n" for c in candidates), encoding="utf-8")
     if not show_failures:
         result["failures"] = len(result["failures"])
     text = json.dumps(result, indent=2)

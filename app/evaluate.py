@@ -28,11 +28,27 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def reference_photos(pack: Path) -> dict[str, str]:
+    """Object id -> the path of its first reference photo in the pack."""
+    out: dict[str, str] = {}
+    for r in read_jsonl(Path(pack) / "references.jsonl"):
+        out.setdefault(str(r["object_id"]), r["path"])
+    return out
+
+
+def write_report(result: dict, pack: Path, out: Path) -> None:
+    from app.evaluate_report import render_report
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(result, pack, reference_photos(pack)), encoding="utf-8")
+
+
 def evaluate_pack(
     pack: Path,
     settings: Settings,
     encoder: ImageEncoder | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    top_k: int = max(KS),
 ) -> dict:
     pack = Path(pack)
     refs = read_jsonl(pack / "references.jsonl")
@@ -53,12 +69,27 @@ def evaluate_pack(
                 id_of[artefact.id] = object_id
                 if progress:
                     progress("register", i, len(by_object))
-            return _score_queries(service, pack, queries, id_of, progress)
+            return _score_queries(service, pack, queries, id_of, progress, max(top_k, max(KS)))
         finally:
             service.close()
 
 
-def _score_queries(service, pack, queries, id_of, progress) -> dict:
+def _candidate_rows(query: dict, expected: list[str], results, id_of) -> list[dict]:
+    """Every returned candidate with its evidence and whether it is right: the calibration's data."""
+    rows = []
+    for rank, r in enumerate(results, start=1):
+        ev = r.evidence
+        rows.append({
+            "query": query["path"], "rank": rank, "object_id": id_of.get(r.artefact_id),
+            "label": int(id_of.get(r.artefact_id) in expected), "open_set": not expected,
+            "exact_reuse": ev.exact_reuse, "cosine": ev.cosine, "margin": ev.margin, "colour": ev.colour,
+            "colour_margin": ev.colour_margin,
+            "inliers": ev.inliers, "score": r.score, "verdict": r.verdict,
+        })
+    return rows
+
+
+def _score_queries(service, pack, queries, id_of, progress, top_k: int) -> dict:
     hits = {k: 0 for k in KS}
     pairs = 0
     ap_sum = 0.0
@@ -68,11 +99,12 @@ def _score_queries(service, pack, queries, id_of, progress) -> dict:
     tag_stats: dict[str, dict[str, int]] = defaultdict(lambda: {"pairs": 0, "hits@1": 0})
     failures = []
     errors = []
+    candidates: list[dict] = []
     for n, q in enumerate(queries, start=1):
         data = (pack / q["path"]).read_bytes()
         t0 = time.perf_counter()
         try:
-            response = service.search(data, top_k=max(KS))
+            response = service.search(data, top_k=top_k)
         except AppError as exc:
             errors.append({"query": q["path"], "error": exc.message})
             continue
@@ -80,14 +112,19 @@ def _score_queries(service, pack, queries, id_of, progress) -> dict:
         ranked = [id_of.get(r.artefact_id) for r in response.results]
         verdicts = {id_of.get(r.artefact_id): r.verdict for r in response.results}
         expected = [str(o) for o in q.get("object_ids", [])]
+        candidates.extend(_candidate_rows(q, expected, response.results, id_of))
+        top = ({"got_score": response.results[0].score, "got_verdict": response.results[0].verdict}
+               if response.results else {})
         if not expected:
             open_set += 1
             if response.results and response.results[0].verdict == "match":
                 open_set_false += 1
-                failures.append({"query": q["path"], "expected": [], "got": ranked[:3], "kind": "false_match"})
+                failures.append({"query": q["path"], "expected": [], "got": ranked[:3], "kind": "false_match", **top})
         for obj in expected:
             pairs += 1
-            rank = ranked.index(obj) + 1 if obj in ranked else None
+            # Filtered rank: other objects that are also in the photo (a lot) do not push this one
+            # down, so a photo of two registered objects answered with both first scores 1 for each.
+            rank = (1 + sum(1 for r in ranked[:ranked.index(obj)] if r not in expected)) if obj in ranked else None
             for k in KS:
                 hits[k] += int(rank is not None and rank <= k)
             ap_sum += 1.0 / rank if rank else 0.0  # one relevant artefact per pair: AP = 1/rank
@@ -96,7 +133,8 @@ def _score_queries(service, pack, queries, id_of, progress) -> dict:
                 tag_stats[tag]["pairs"] += 1
                 tag_stats[tag]["hits@1"] += int(rank == 1)
             if rank != 1:
-                failures.append({"query": q["path"], "expected": obj, "got": ranked[:3], "rank": rank})
+                failures.append({"query": q["path"], "expected": obj, "got": ranked[:3], "rank": rank, "kind": "miss",
+                                 **top})
         if progress:
             progress("search", n, len(queries))
     lat = np.array(latencies) if latencies else np.zeros(1)
@@ -117,4 +155,5 @@ def _score_queries(service, pack, queries, id_of, progress) -> dict:
         },
         "errors": errors,
         "failures": failures,
+        "candidates": candidates,
     }

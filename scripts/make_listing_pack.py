@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Make a seeded "listing transforms" benchmark pack from a registry.
+
+Every registry photo becomes a reference; each object's first photo is put through the listing
+transforms of ``app/listing_transforms.py`` (crop, rotation, perspective, colour, blur, JPEG q30,
+watermark, screenshot, composite, downscale to 300 px) as queries; ``--lots`` adds photos of two
+objects together, ``--holdout`` leaves objects out of the references for open-set queries.
+
+    .venv/bin/python scripts/make_listing_pack.py --demo-coins out/coins-listing
+    .venv/bin/python scripts/make_listing_pack.py --data-dir index out/my-registry-listing --holdout 20
+    .venv/bin/heritage-match evaluate out/coins-listing
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.listing_transforms import write_pack  # noqa: E402
+
+
+def demo_coin_objects():
+    from app.demo import coin_crops
+
+    return [(c.inventory_number, "coin", [c.image]) for c in coin_crops()]
+
+
+def registry_objects(data_dir: Path, limit: int | None):
+    from app.core.config import Settings
+    from app.registry.store import ArtefactFilter, RegistryStore
+
+    settings = Settings(data_dir=data_dir)
+    store = RegistryStore(settings.db_url, settings.data_dir / "photos")
+    objects, offset = [], 0
+    while True:
+        page, total = store.list_artefacts(ArtefactFilter(), offset, 200)
+        for a in page:
+            photos = [Image.open(io.BytesIO(store.photos.read(p.sha256, p.format))).convert("RGB") for p in a.photos]
+            if photos:
+                objects.append((a.inventory_number, a.title, photos))
+            if limit and len(objects) >= limit:
+                return objects
+        offset += len(page)
+        if not page or offset >= total:
+            return objects
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="folder of the new pack (must not exist)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--demo-coins", action="store_true", help="the 24 demo coins")
+    src.add_argument("--data-dir", type=Path, help="a heritage-match data directory (HM_DATA_DIR)")
+    ap.add_argument("--limit", type=int, help="at most this many artefacts")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--holdout", type=int, default=0, help="objects left unregistered (open-set queries)")
+    ap.add_argument("--lots", type=int, default=0, help="photos showing two objects together")
+    args = ap.parse_args()
+    if args.out.exists():
+        sys.exit(f"{args.out} exists; choose a new folder")
+    objects = demo_coin_objects() if args.demo_coins else registry_objects(args.data_dir, args.limit)
+    if not objects:
+        sys.exit("the registry has no artefact with photos")
+    print(json.dumps(write_pack(objects, args.out, seed=args.seed, holdout=args.holdout, lots=args.lots)))
+
+
+if __name__ == "__main__":
+    main()
