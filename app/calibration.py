@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_DIR = Path(__file__).parent / "calibrations"
 
 # The evidence a candidate gets; the names are the keys of the fitted weights.
-FEATURES = ("cosine", "margin", "colour", "log_inliers")
+FEATURES = ("cosine", "margin", "colour", "colour_margin", "log_inliers")
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,13 @@ class Evidence:
     margin: float  # cosine minus the best cosine of any other artefact: is it the only one that looks like this?
     colour: float  # colour-signature similarity to the best photo (local features are colour-blind)
     inliers: int  # keypoint matches that agree on one geometric transform (0 when unverified)
+    # colour minus the best colour of any other candidate: a recoloured query lowers every
+    # candidate's colour alike, so the lead still tells which one has the object's colours.
+    colour_margin: float = 0.0
 
     def vector(self) -> dict[str, float]:
         return {"cosine": self.cosine, "margin": self.margin, "colour": self.colour,
-                "log_inliers": math.log1p(max(self.inliers, 0))}
+                "colour_margin": self.colour_margin, "log_inliers": math.log1p(max(self.inliers, 0))}
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class MatchEvidence(BaseModel):
     cosine: float | None = Field(None, description="Embedding similarity to the artefact's best photo.")
     margin: float | None = Field(None, description="Cosine lead over the best other artefact.")
     colour: float | None = Field(None, description="Colour-signature similarity, 0 to 1.")
+    colour_margin: float | None = Field(None, description="Colour lead over the best other artefact.")
     inliers: int = Field(0, description="Keypoint matches consistent with one geometric transform.")
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 HITS_PER_RESULT = 10
 MIN_HITS = 50
 # Candidates that get colour and geometric verification; the rest keep their embedding evidence.
-VERIFIED_CANDIDATES = 8
+VERIFIED_CANDIDATES = 32
 # Exact re-use: perceptual hashes this close (of 64 bits) and colours this alike are the same picture.
 REUSE_MAX_BITS = 6
 REUSE_MIN_COLOUR = 0.85
@@ -383,7 +383,8 @@ class MatchingService:
             ev = j.evidence
             evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4)) if j.exact_reuse else
                         MatchEvidence(cosine=round(float(np.clip(ev.cosine, -1, 1)), 6), margin=round(ev.margin, 6),
-                                      colour=round(ev.colour, 4), inliers=ev.inliers))
+                                      colour=round(ev.colour, 4), colour_margin=round(ev.colour_margin, 4),
+                                      inliers=ev.inliers))
             results.append(SearchResult(
                 artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution, title=a.title,
                 status=a.status, score=round(j.score, 6), verdict=j.verdict, photo_id=j.photo_id,

@@ -18,16 +18,21 @@ from PIL import Image
 from app.local_features import LocalFeatures, extract_features
 
 # Bump when any signature changes meaning: stored signatures of an older version are recomputed.
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 2
 PHASH_BITS = 64
-# Hue x saturation histogram; value (brightness) is left out so lighting matters less.
-HUE_BINS, SAT_BINS = 16, 8
+# Hue x saturation histogram of the coloured pixels; value (brightness) is left out so lighting
+# matters less. Grey, white and black pixels have no reliable hue (a slight colour cast turns a grey
+# coin any hue), so they are binned by brightness alone. Measured on coil100-views (AUC of the first
+# answer's colour similarity, registered vs unregistered objects): 0.984, against 0.987 for a plain
+# hue x saturation histogram that scores a tinted grey coin 0 against its own photo.
+HUE_BINS, SAT_BINS, GREY_BINS = 16, 3, 4
+MIN_SATURATION, MIN_VALUE = 48, 40
 
 
 @dataclass
 class VisualSignature:
     phash: int  # 64-bit perceptual hash as a signed int64 (fits SQLite INTEGER)
-    colour: np.ndarray  # (HUE_BINS * SAT_BINS,) float32, unit L2 norm
+    colour: np.ndarray  # (HUE_BINS * SAT_BINS + GREY_BINS,) float32, unit L2 norm
     features: LocalFeatures
 
     def colour_bytes(self) -> bytes:
@@ -42,8 +47,13 @@ def perceptual_hash(image: Image.Image) -> int:
 
 def colour_signature(image: Image.Image) -> np.ndarray:
     rgb = np.asarray(image.convert("RGB").resize((128, 128), Image.Resampling.BILINEAR))
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    hist = cv2.calcHist([hsv], [0, 1], None, [HUE_BINS, SAT_BINS], [0, 180, 0, 256]).ravel()
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.int32)
+    chromatic = (hsv[:, 1] >= MIN_SATURATION) & (hsv[:, 2] >= MIN_VALUE)
+    hue = hsv[chromatic, 0] * HUE_BINS // 180
+    sat = (hsv[chromatic, 1] - MIN_SATURATION) * SAT_BINS // (256 - MIN_SATURATION)
+    coloured = np.bincount(hue * SAT_BINS + sat, minlength=HUE_BINS * SAT_BINS)
+    grey = np.bincount(hsv[~chromatic, 2] * GREY_BINS // 256, minlength=GREY_BINS)
+    hist = np.concatenate([coloured, grey]).astype(np.float64)
     hist = np.sqrt(hist / max(float(hist.sum()), 1.0))  # Hellinger: the dot product is the Bhattacharyya coefficient
     return (hist / max(float(np.linalg.norm(hist)), 1e-12)).astype(np.float32)
 

@@ -115,3 +115,28 @@ def test_duplicate_inventory_number_leaves_no_photo_file(service):
         service.register_artefact({"inventory_number": "A-0", "institution": "X"},
                                   [PhotoInput(jpeg_bytes(random_photo(50)))])
     assert set(service.store.photos.all_files()) == files and service.index.count == 1
+
+
+def test_photos_without_signatures_get_them_on_first_search_or_backfill(service):
+    from sqlalchemy import delete
+
+    from app.registry.models import PhotoSignature
+
+    register(service, 3)
+    with service.store.sessions.begin() as s:
+        s.execute(delete(PhotoSignature))
+    assert len(service.store.photos_missing_signatures()) == 3
+    # Search still verifies: the candidates' signatures are computed on the way.
+    first = service.search(jpeg_bytes(random_photo(1).crop((10, 10, 300, 220)), quality=90)).results[0]
+    assert first.inventory_number == "A-1" and first.evidence.colour is not None
+    remaining = service.store.photos_missing_signatures()
+    assert service.backfill_signatures(remaining) == len(remaining)
+    assert service.store.photos_missing_signatures() == []
+
+
+def test_a_reused_registry_photo_is_found_by_its_hash_alone(service):
+    register(service, 3)
+    copy = random_photo(2).resize((200, 150))
+    response = service.search(jpeg_bytes(copy, quality=40))
+    assert [r.inventory_number for r in response.results] == ["A-2"]
+    assert response.results[0].evidence.exact_reuse and response.results[0].verdict == "match"
