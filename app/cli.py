@@ -298,8 +298,10 @@ def scan(
         with bar:
             summary = run_scan(options, get_settings(), progress=Shown())
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/yellow] finished groups are saved; run the same command with --resume")
+        console.print("[yellow]interrupted:[/yellow] finished groups are saved; run the same command with --resume")
         raise typer.Exit(130)
+    except AppError as exc:
+        _fail(exc.message)
     if summary.status == "already_finished":
         console.print(f"{out} holds a finished scan of this dump: nothing to do (report: {out / 'report.html'})")
     else:

@@ -246,3 +246,57 @@ def test_ray_engine_gives_the_local_engine_outputs(dump, registry, scan_service,
         ray.shutdown()
     assert summary.status == "finished" and summary.images == COINS + DISTRACTORS
     assert output_files(on_ray) == output_files(local)
+
+
+def test_fetch_downloads_url_photos_from_a_local_server(dump, registry, scan_service, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(dump.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        by_url = tmp_path / "urls.jsonl"
+        by_url.write_text("".join(json.dumps({"listing_id": f"U{n}", "images": [f"{base}/img/coin0-{n}.jpg"]}) + "\n"
+                                  for n in range(3)) + json.dumps({"listing_id": "U404", "images": [f"{base}/none.jpg"]}) + "\n")
+        summary = run_scan(ScanOptions(dump=by_url, out=tmp_path / "out", workers=1, fetch=True), registry,
+                           service=scan_service)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary.images == 3 and summary.image_errors == 1
+    assert "HTTP 404" in read_jsonl(tmp_path / "out" / "errors.jsonl")[0]["reason"]
+    run_scan(ScanOptions(dump=dump, out=tmp_path / "ref", workers=1), registry, service=scan_service)
+    expected = {m["listing_id"].replace("C0-", "U"): m["artefact_id"] for m in read_jsonl(tmp_path / "ref" / "matches.jsonl")
+                if m["rank"] == 1 and m["listing_id"] in ("C0-0", "C0-1", "C0-2")}
+    got = {m["listing_id"]: m["artefact_id"] for m in read_jsonl(tmp_path / "out" / "matches.jsonl") if m["rank"] == 1}
+    assert got == expected and len(got) == 3
+
+
+def test_scan_command_line(dump, registry, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from app.core.config import get_settings
+
+    monkeypatch.setenv("HM_DATA_DIR", str(registry.data_dir))
+    monkeypatch.setenv("HM_MODELS_DIR", str(registry.models_dir))
+    monkeypatch.setenv("HM_MODEL", "efficientnet-lite0")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        out = tmp_path / "out"
+        r = runner.invoke(app, ["scan", str(dump), "--out", str(out), "--workers", "1", "--min-verdict", "match"])
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["status"] == "finished" and summary["errors"] == 6 and summary["images_per_s"] > 0
+        assert "candidates:" in r.output and (out / "report.html").is_file()
+        r = runner.invoke(app, ["scan", str(dump), "--out", str(out), "--min-verdict", "match"])
+        assert r.exit_code == 0 and "nothing to do" in r.output
+        r = runner.invoke(app, ["scan", str(dump), "--out", str(out), "--min-verdict", "possible"])
+        assert r.exit_code == 1 and "other settings" in r.output
+    finally:
+        get_settings.cache_clear()

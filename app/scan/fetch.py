@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -27,10 +28,13 @@ class FetchPolicy:
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect may not take the fetch to file:, ftp: or any other scheme."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not is_url(newurl):
-            raise ImageUnavailable(f"redirect to {newurl!r} refused: only http and https are fetched")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = urllib.parse.urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if not is_url(target):
+            raise ImageUnavailable(f"redirect to {target!r} refused: only http and https are fetched")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 _opener = urllib.request.build_opener(_HttpOnlyRedirects())
