@@ -101,12 +101,12 @@ def run_scan(options: ScanOptions, settings: Settings, service=None, progress: P
         if state is not None and state.get("finished"):
             return ScanSummary(**{**state["summary"], "status": "already_finished", "wall_s": 0.0,
                                   "images_this_run": 0, "images_per_s": 0.0})
-        checkpoint.write_state({**wanted, "finished": False})
         if options.engine == "local":
             service.start()
         else:
             service.reconcile_index()
-        service.check_index()  # no index, or one of another model: refuse before reading anything
+        service.check_index()  # no index, or one of another model: refuse before writing anything
+        checkpoint.write_state({**wanted, "finished": False})
         done = checkpoint.done()
         progress.start(dump.count(), sum(s.listings + s.row_errors for s in done.values()))
         images_this_run = _scan(options, settings, service, dump, checkpoint, set(done), top_k, progress)
