@@ -300,3 +300,24 @@ def test_scan_command_line(dump, registry, tmp_path, monkeypatch):
         assert r.exit_code == 1 and "other settings" in r.output
     finally:
         get_settings.cache_clear()
+
+
+def test_local_engine_keeps_a_bounded_number_of_groups_in_flight(dump, registry, scan_service):
+    from app.scan.fetch import FetchPolicy
+    from app.scan.pipeline import LocalEngine
+    from app.scan.reader import Listing, open_dump
+    from app.scan.work import DecodeConfig, Group
+
+    pulled, emitted, most_ahead = [], [], []
+
+    def endless_groups():  # as long a dump as we like: the engine must not read it all first
+        for n in range(12):
+            pulled.append(n)
+            most_ahead.append(len(pulled) - len(emitted))
+            yield Group(n, [Listing(n, f"L{n}", {}, ("img/other0-0.jpg",), "")])
+
+    engine = LocalEngine(scan_service, workers=1, ahead=2)
+    cfg = DecodeConfig(max_pixels=registry.max_image_pixels, min_side=448, fetch=FetchPolicy())
+    engine.run(endless_groups(), open_dump(dump, 10**7).source, cfg, 5, "possible", lambda r: emitted.append(r.number))
+    assert emitted == list(range(12))
+    assert max(most_ahead) <= 3  # the group being searched plus two decoding ahead

@@ -71,8 +71,6 @@ class Dump:
 
     def count(self) -> int:
         """How many items ``items()`` yields (for the progress bar's total and ETA)."""
-        if self.kind in ("jsonl", "csv"):
-            return sum(1 for _ in self.items())
         if self.kind == "folder":
             return sum(1 for _ in _folder_images(self.path.resolve()))
         return sum(1 for _ in self.items())
