@@ -1,0 +1,147 @@
+"""Streaming writers for a scan's outputs, and the final pass that puts them in order.
+
+While scanning, candidates and errors are appended as groups finish (in whatever order the engine
+delivers them) and fsynced before the checkpoint records the groups. At the end ``finalize`` rewrites
+``matches.jsonl`` and ``errors.jsonl`` in dump order without duplicates (a group redone after a kill
+was appended twice) and derives ``matches.csv`` from them, so a resumed scan's files equal an
+uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from app.scan.checkpoint import GroupStats, open_append
+from app.scan.reader import Listing, RowError
+from app.scan.work import GroupResult
+from app.storage import atomic_write
+
+MATCHES = "matches.jsonl"
+MATCHES_CSV = "matches.csv"
+ERRORS = "errors.jsonl"
+THUMBS = "thumbs"
+CSV_COLUMNS = ("listing_id", "image", "artefact_id", "inventory_number", "institution", "artefact_title",
+               "score", "verdict", "registry_photo_id", "region", "listing_title", "listing_url", "image_sha256")
+
+
+class ScanOutputs:
+    def __init__(self, out_dir: Path):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / THUMBS).mkdir(exist_ok=True)
+        self._matches = open_append(self.dir / MATCHES)
+        self._errors = open_append(self.dir / ERRORS)
+
+    def write_group(self, result: GroupResult) -> GroupStats:
+        stats = GroupStats(result.number)
+        for lr in result.listings:
+            item = lr.item
+            if isinstance(item, RowError):
+                stats.row_errors += 1
+                self._errors.write(_line({"seq": item.seq, "where": item.where, "listing_id": None,
+                                          "image_index": None, "image": None, "reason": item.reason}))
+                continue
+            stats.listings += 1
+            for img in lr.images:
+                if img.error:
+                    stats.image_errors += 1
+                    self._errors.write(_line({"seq": item.seq, "where": item.where, "listing_id": item.listing_id,
+                                              "image_index": img.index, "image": img.ref, "reason": img.error}))
+                    continue
+                stats.images += 1
+                if img.thumb:
+                    _write_once(self.dir / THUMBS / f"{img.sha256}.jpg", img.thumb)
+                for rank, r in enumerate(img.results, start=1):
+                    self._matches.write(_line(match_row(item, img, rank, r)))
+        return stats
+
+    def flush(self) -> None:
+        """Make what was written durable; the checkpoint may then record the groups."""
+        for f in (self._matches, self._errors):
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self._matches.close()
+        self._errors.close()
+
+
+def match_row(listing: Listing, img, rank: int, r: dict) -> dict:
+    return {
+        "seq": listing.seq, "listing_id": listing.listing_id, "image_index": img.index, "image": img.ref,
+        "image_sha256": img.sha256, "rank": rank,
+        "artefact_id": r["artefact_id"], "inventory_number": r["inventory_number"],
+        "institution": r["institution"], "artefact_title": r["title"], "status": r["status"],
+        "score": r["score"], "verdict": r["verdict"], "registry_photo_id": r["photo_id"],
+        "region": r["region"], "evidence": r["evidence"], "listing": listing.fields,
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL output; a line torn by a kill is skipped."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        continue
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def finalize_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Rewrite matches.jsonl and errors.jsonl in dump order, deduplicated; write matches.csv."""
+    out_dir = Path(out_dir)
+    matches = _unique(read_jsonl(out_dir / MATCHES), lambda r: (r["seq"], r["image_index"], r["rank"]))
+    errors = _unique(read_jsonl(out_dir / ERRORS),
+                     lambda r: (r["seq"], -1 if r["image_index"] is None else r["image_index"]))
+    atomic_write(out_dir / MATCHES, "".join(_line(r) for r in matches).encode())
+    atomic_write(out_dir / ERRORS, "".join(_line(r) for r in errors).encode())
+    atomic_write(out_dir / MATCHES_CSV, matches_csv(matches).encode())
+    return matches, errors
+
+
+def matches_csv(matches: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in matches:
+        region = r["region"]
+        w.writerow([
+            _cell(r["listing_id"]), _cell(r["image"]), r["artefact_id"], _cell(r["inventory_number"]),
+            _cell(r["institution"]), _cell(r["artefact_title"] or ""), f"{r['score']:.6f}", r["verdict"],
+            r["registry_photo_id"],
+            f"{region['x0']},{region['y0']},{region['x1']},{region['y1']}" if region else "",
+            _cell(r["listing"].get("title", "")), _cell(r["listing"].get("url", "")), r["image_sha256"],
+        ])
+    return buf.getvalue()
+
+
+def _cell(text: str) -> str:
+    """Listing text is hostile: a cell starting with = + - @ would run as a formula in a spreadsheet."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _unique(rows: list[dict], key) -> list[dict]:
+    by_key = {}
+    for r in rows:
+        by_key.setdefault(key(r), r)  # a redone group wrote the same rows again: keep the first
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def _line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n"
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    if not path.exists():
+        atomic_write(path, data)

@@ -1,0 +1,65 @@
+"""The local engine: decode in a process pool while this process embeds and searches.
+
+Photos of the next groups are decoded (JPEG draft decode, in worker processes) while the current
+group is searched here, so decode overlaps inference. At most ``ahead`` groups are in flight, which
+bounds memory whatever the dump's size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Callable, Iterable
+
+from app.scan.work import DecodeConfig, Group, GroupResult, decode_ref, search_group
+
+
+def default_workers() -> int:
+    # One core stays with torch; decoding takes the rest.
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, service, workers: int | None = None, ahead: int = 4):
+        self.service = service
+        self.workers = workers or default_workers()
+        self.ahead = max(1, ahead)
+
+    def run(self, groups: Iterable[Group], source, cfg: DecodeConfig, top_k: int, min_verdict: str,
+            emit: Callable[[GroupResult], None]) -> None:
+        # spawn: the workers need only PIL, not a copy of this process's torch threads and model.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(source, cfg)) as pool:
+            in_flight: deque[tuple[Group, dict[tuple[int, int], Future]]] = deque()
+
+            def finish_oldest():
+                group, futures = in_flight.popleft()
+                decoded = {key: f.result() for key, f in futures.items()}
+                emit(search_group(self.service, group, decoded, top_k, min_verdict))
+
+            for group in groups:
+                futures = {(seq, i): pool.submit(_decode_in_worker, ref) for seq, i, ref in group.image_jobs()}
+                in_flight.append((group, futures))
+                if len(in_flight) > self.ahead:
+                    finish_oldest()
+            while in_flight:
+                finish_oldest()
+
+
+# Each worker keeps its own source (open archive handles) and settings for all its jobs.
+_worker_state: tuple | None = None
+
+
+def _init_worker(source, cfg: DecodeConfig) -> None:
+    global _worker_state
+    _worker_state = (source, cfg)
+
+
+def _decode_in_worker(ref: str):
+    source, cfg = _worker_state
+    return decode_ref(source, ref, cfg)

@@ -1,0 +1,202 @@
+"""``heritage-match scan``: check a dump against the checkpoint, run an engine, write the outputs.
+
+Order of durability per group: candidates and errors are appended and fsynced, then the checkpoint
+records the group. A kill between the two only means the group is done again on ``--resume``; the
+final pass drops the duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from app.core.config import Settings
+from app.errors import AppError
+from app.imaging import thumbnail_jpeg
+from app.scan.checkpoint import Checkpoint, GroupStats, PINNED
+from app.scan.fetch import FetchPolicy
+from app.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, finalize_rows
+from app.scan.reader import DumpError, open_dump
+from app.scan.report import write_report
+from app.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, groups
+
+REPORT = "report.html"
+GROUP_SIZE = 16  # listings per group: one search batch, one checkpoint step
+
+
+class ScanRefused(AppError):
+    code = "scan_refused"
+
+
+@dataclass
+class ScanOptions:
+    dump: Path
+    out: Path
+    engine: str = "local"
+    resume: bool = False
+    min_verdict: str = "possible"
+    fetch: bool = False
+    top_k: int | None = None
+    workers: int | None = None  # local engine: decode processes
+    ray_address: str | None = None
+    ray_actors: int = 1
+    ray_gpus_per_actor: float = 0.0
+    group_size: int = GROUP_SIZE
+
+
+@dataclass
+class ScanSummary:
+    status: str  # finished | already_finished
+    dump: str = ""
+    model: str = ""
+    listings: int = 0
+    row_errors: int = 0
+    images: int = 0
+    image_errors: int = 0
+    candidates: dict = field(default_factory=lambda: {"match": 0, "possible": 0, "no_match": 0})
+    wall_s: float = 0.0
+    images_this_run: int = 0
+    images_per_s: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.row_errors + self.image_errors
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "errors": self.errors}
+
+
+class Progress:
+    """What the scan tells its caller: the total once known, then listings done as groups finish."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, listings: int, images: int) -> None: ...
+
+
+def run_scan(options: ScanOptions, settings: Settings, service=None, progress: Progress | None = None) -> ScanSummary:
+    from app.service import MatchingService
+
+    t0 = time.perf_counter()
+    progress = progress or Progress()
+    if options.min_verdict not in VERDICT_RANK:
+        raise ScanRefused(f"--min-verdict must be one of {', '.join(VERDICT_RANK)}")
+    if options.engine not in ("local", "ray"):
+        raise ScanRefused("--engine must be local or ray")
+    try:
+        dump = open_dump(options.dump, settings.max_upload_bytes)
+    except DumpError as exc:
+        raise ScanRefused(str(exc)) from exc
+    own_service = service is None
+    service = service or MatchingService(settings)
+    try:
+        top_k = options.top_k or settings.top_k
+        wanted = {"dump": str(Path(options.dump).resolve()), "identity": dump.identity(),
+                  "group_size": options.group_size, "model": service.fingerprint, "top_k": top_k,
+                  "min_verdict": options.min_verdict}
+        checkpoint = Checkpoint(options.out)
+        state = _check_state(checkpoint, wanted, options)
+        if state is not None and state.get("finished"):
+            return ScanSummary(**{**state["summary"], "status": "already_finished", "wall_s": 0.0,
+                                  "images_this_run": 0, "images_per_s": 0.0})
+        if options.engine == "local":
+            service.start()
+        else:
+            service.reconcile_index()
+        service.check_index()  # no index, or one of another model: refuse before writing anything
+        checkpoint.write_state({**wanted, "finished": False})
+        done = checkpoint.done()
+        progress.start(dump.count(), sum(s.listings + s.row_errors for s in done.values()))
+        images_this_run = _scan(options, settings, service, dump, checkpoint, set(done), top_k, progress)
+        summary = _finish(options, service, checkpoint, wanted, images_this_run, time.perf_counter() - t0)
+        return summary
+    finally:
+        if own_service:
+            service.close()
+
+
+def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> dict | None:
+    state = checkpoint.state()
+    out = options.out
+    if state is None:
+        if (out / MATCHES).exists() or (out / ERRORS).exists():
+            raise ScanRefused(f"{out} holds scan outputs but no checkpoint: choose an empty --out folder")
+        return None
+    if state.get("identity") != wanted["identity"]:
+        raise ScanRefused(f"{out} holds a scan of another dump ({state.get('dump')}); choose another --out "
+                          "folder for this one")
+    changed = [k for k in PINNED if k != "identity" and state.get(k) != wanted[k]]
+    if changed:
+        detail = ", ".join(f"{k} {state.get(k)!r} -> {wanted[k]!r}" for k in changed)
+        raise ScanRefused(f"{out} holds a scan of this dump with other settings ({detail}); resume it with the "
+                          "same settings or choose another --out folder")
+    if not state.get("finished") and not options.resume:
+        raise ScanRefused(f"{out} holds an unfinished scan of this dump: add --resume to continue it, or choose "
+                          "another --out folder")
+    return state
+
+
+def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -> int:
+    cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=2 * service.encoder.preprocessing.size,
+                       fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes))
+    engine = _engine(options, settings, service)
+    outputs = ScanOutputs(options.out)
+    images = 0
+
+    def emit(result: GroupResult) -> None:
+        nonlocal images
+        stats: GroupStats = outputs.write_group(result)
+        outputs.flush()
+        checkpoint.record([stats])
+        images += stats.images
+        progress.advance(stats.listings + stats.row_errors, stats.images)
+
+    try:
+        engine.run(groups(dump.items(), options.group_size, done), dump.source, cfg, top_k, options.min_verdict,
+                   emit)
+    finally:
+        outputs.close()
+        checkpoint.close()
+    return images
+
+
+def _engine(options: ScanOptions, settings: Settings, service):
+    if options.engine == "ray":
+        from app.scan.ray_engine import RayEngine
+
+        return RayEngine(settings, options.ray_address, options.ray_actors, options.ray_gpus_per_actor)
+    from app.scan.pipeline import LocalEngine
+
+    return LocalEngine(service, options.workers)
+
+
+def _finish(options, service, checkpoint, wanted, images_this_run, wall_s) -> ScanSummary:
+    out = options.out
+    matches, errors = finalize_rows(out)
+    stats = checkpoint.done().values()
+    summary = ScanSummary(
+        status="finished", dump=wanted["dump"], model=wanted["model"],
+        listings=sum(s.listings for s in stats), row_errors=sum(s.row_errors for s in stats),
+        images=sum(s.images for s in stats), image_errors=sum(s.image_errors for s in stats),
+        wall_s=round(wall_s, 3), images_this_run=images_this_run,
+        images_per_s=round(images_this_run / wall_s, 2) if wall_s > 0 else 0.0,
+    )
+    for m in matches:
+        summary.candidates[m["verdict"]] += 1
+    report_facts = {**summary.as_dict(), "errors": len(errors)}
+    write_report(out / REPORT, matches, out / THUMBS, registry_thumbnails(service, matches), report_facts)
+    checkpoint.write_state({**wanted, "finished": True, "summary": {
+        k: v for k, v in summary.as_dict().items() if k != "errors"}})
+    return summary
+
+
+def registry_thumbnails(service, matches: list[dict]) -> dict[int, bytes]:
+    ids = sorted({m["registry_photo_id"] for m in matches})
+    thumbs = {}
+    for photo in service.store.photos_by_ids(ids):
+        try:
+            thumbs[photo.id] = thumbnail_jpeg(service.decode(service.store.photos.read(photo.sha256, photo.format)).image)
+        except (AppError, OSError):
+            continue  # the report says the photo is unavailable
+    return thumbs

@@ -1,0 +1,150 @@
+"""The unit of scan work, shared by the local and the Ray engine.
+
+Listings are cut into groups of ``group_size`` consecutive positions (``seq // group_size``). A group
+is decoded, searched in one ``search_images`` call and checkpointed as a whole, so every run, resumed
+or not, local or on Ray, embeds exactly the same batches and writes the same numbers.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from app.errors import AppError
+from app.imaging import DecodedImage, decode_image, thumbnail_jpeg
+from app.scan.fetch import FetchPolicy, fetch
+from app.scan.reader import Listing, RowError
+from app.scan.sources import ImageUnavailable, has_scheme, is_url
+
+VERDICT_RANK = {"no_match": 0, "possible": 1, "match": 2}
+THUMB_SIDE = 256
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_pixels: int
+    min_side: int
+    fetch: FetchPolicy
+
+
+@dataclass
+class Group:
+    number: int
+    items: list[Listing | RowError] = field(default_factory=list)
+
+    def image_jobs(self) -> list[tuple[int, int, str]]:
+        """(seq, image index, reference) for every image of the group's listings."""
+        return [(it.seq, i, ref) for it in self.items if isinstance(it, Listing) for i, ref in enumerate(it.images)]
+
+
+@dataclass
+class ImageResult:
+    index: int
+    ref: str
+    sha256: str | None = None
+    error: str | None = None
+    results: list[dict] = field(default_factory=list)  # SearchResult dicts at or above the minimum verdict
+    thumb: bytes | None = None  # JPEG of the listing photo, kept only when it has candidates
+
+
+@dataclass
+class ListingResult:
+    item: Listing | RowError
+    images: list[ImageResult] = field(default_factory=list)
+
+
+@dataclass
+class GroupResult:
+    number: int
+    listings: list[ListingResult]
+
+    def dumps(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def loads(data: bytes) -> "GroupResult":
+        return pickle.loads(data)
+
+
+def groups(items: Iterable[Listing | RowError], group_size: int, done: set[int]) -> Iterator[Group]:
+    """Consecutive items cut at fixed positions; groups already checkpointed are skipped."""
+    current: Group | None = None
+    for item in items:
+        number = item.seq // group_size
+        if current is not None and current.number != number:
+            yield current
+            current = None
+        if number in done:
+            continue
+        if current is None:
+            current = Group(number)
+        current.items.append(item)
+    if current is not None:
+        yield current
+
+
+def read_image(source, ref: str, cfg: DecodeConfig) -> bytes:
+    if is_url(ref):
+        return fetch(ref, cfg.fetch)
+    if has_scheme(ref):
+        raise ImageUnavailable(f"{ref!r}: only relative paths and http(s) URLs are read")
+    return source.read(ref)
+
+
+def decode_ref(source, ref: str, cfg: DecodeConfig) -> tuple[DecodedImage | None, str | None]:
+    """Read and decode one listing photo; never raises (a worker must not die of one bad photo)."""
+    try:
+        data = read_image(source, ref, cfg)
+        return decode_image(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side), None
+    except ImageUnavailable as exc:
+        return None, str(exc)
+    except AppError as exc:
+        return None, exc.message
+    except Exception as exc:  # a decoder bug on hostile input: report it, keep scanning
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def decode_group(source, group: Group, cfg: DecodeConfig) -> dict[tuple[int, int], tuple]:
+    return {(seq, i): decode_ref(source, ref, cfg) for seq, i, ref in group.image_jobs()}
+
+
+def search_group(service, group: Group, decoded: dict[tuple[int, int], tuple], top_k: int,
+                 min_verdict: str) -> GroupResult:
+    """Search a group's decoded photos in one batch; results below ``min_verdict`` are dropped."""
+    keys = [k for k, (img, _) in decoded.items() if img is not None]
+    found: dict[tuple[int, int], list[dict] | str] = {}
+    try:
+        responses = service.search_images([decoded[k][0] for k in keys], top_k) if keys else []
+        found.update({k: _kept(r, min_verdict) for k, r in zip(keys, responses)})
+    except AppError:
+        raise  # index missing or of another model: the whole scan must stop, not every photo fail
+    except Exception:
+        for k in keys:  # one photo broke the batch: search one by one so only that photo is lost
+            try:
+                found[k] = _kept(service.search_images([decoded[k][0]], top_k)[0], min_verdict)
+            except AppError:
+                raise
+            except Exception as exc:
+                found[k] = f"search failed: {type(exc).__name__}: {exc}"
+    listings = []
+    for item in group.items:
+        lr = ListingResult(item)
+        if isinstance(item, Listing):
+            for i, ref in enumerate(item.images):
+                img, error = decoded[(item.seq, i)]
+                res = ImageResult(i, ref, sha256=img.sha256 if img is not None else None, error=error)
+                outcome = found.get((item.seq, i))
+                if isinstance(outcome, str):
+                    res.error = outcome
+                elif outcome:
+                    res.results = outcome
+                    res.thumb = thumbnail_jpeg(img.image, THUMB_SIDE, quality=80)
+                lr.images.append(res)
+        listings.append(lr)
+    return GroupResult(group.number, listings)
+
+
+def _kept(response, min_verdict: str) -> list[dict]:
+    floor = VERDICT_RANK[min_verdict]
+    return [r.model_dump(mode="json") for r in response.results if VERDICT_RANK[r.verdict] >= floor]

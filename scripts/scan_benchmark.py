@@ -1,0 +1,169 @@
+"""Scan throughput against raw embedding throughput, in one run on one machine.
+
+Builds a dump of phone-size JPEGs (3000x4000, synthetic: a smooth random scene with sensor-like
+noise, a demo coin in some of them) in a temporary folder, registers the demo coins in a throw-away
+data directory, then measures
+
+1. raw embedding: the model's forward pass alone on already decoded, already preprocessed tensors;
+2. the search path alone (``search_images``: regions, embedding, search, verification) on photos
+   decoded beforehand, the ceiling for any scan with this search path;
+3. the scan: ``heritage-match scan`` end to end (read, draft decode in worker processes, region
+   proposals, embedding, search, verification, writing), timed from start to the last output;
+
+and prints them with the ratios scan / raw embedding and scan / search path. The photos are deleted afterwards (``--keep`` keeps them).
+
+    .venv/bin/python scripts/scan_benchmark.py --images 500 --model efficientnet-lite0
+    .venv/bin/python scripts/scan_benchmark.py --images 500 --model clip-random   # ViT-B-32, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PHONE = (3000, 4000)
+
+
+def make_photo(args: tuple[int, Path, bool]) -> int:
+    """One synthetic 12 MP photo: smooth scene, shapes, a coin for some, noise; JPEG quality 90."""
+    seed, path, with_coin = args
+    rng = np.random.default_rng(seed)
+    small = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((PHONE[0] // 4, PHONE[1] // 4), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(10):
+        x0, y0 = int(rng.integers(0, img.width)), int(rng.integers(0, img.height))
+        x1, y1 = x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))
+        draw.ellipse((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    if with_coin:
+        coin = _coins()[seed % 24].image.resize((400, 400), Image.Resampling.BICUBIC)
+        img.paste(coin, (img.width // 2 - 200, img.height // 2 - 200))
+    img = img.resize(PHONE, Image.Resampling.BILINEAR)
+    noise = rng.normal(0, 4, size=(256, 256, 1)).astype(np.float32)  # tiled: cheap, still costs the decoder
+    arr = np.asarray(img, dtype=np.float32)
+    reps = (PHONE[1] // 256 + 1, PHONE[0] // 256 + 1, 3)
+    arr = np.clip(arr + np.tile(noise, reps)[: PHONE[1], : PHONE[0]], 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path, "JPEG", quality=90)
+    return path.stat().st_size
+
+
+_coin_cache = None
+
+
+def _coins():
+    global _coin_cache
+    if _coin_cache is None:
+        from app.demo import coin_crops
+
+        _coin_cache = coin_crops()
+    return _coin_cache
+
+
+def build_dump(folder: Path, n: int, procs: int) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, folder / f"photo-{i:05d}.jpg", i % 5 == 0) for i in range(n)]
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        return sum(pool.imap_unordered(make_photo, jobs, chunksize=4))
+
+
+def raw_embedding(service, dump: Path, n: int) -> float:
+    """Images/s of the forward pass on tensors decoded and preprocessed beforehand (batch_size per pass)."""
+    enc = service.encoder
+    paths = sorted(dump.glob("*.jpg"))[: enc.batch_size * 2]
+    tensors = enc.preprocessing.batch([service.decode(p.read_bytes()).image for p in paths])
+    batch = tensors[: enc.batch_size]
+    enc._forward(batch)  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while done < n:
+        enc._forward(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - t0)
+
+
+def search_only(service, dump: Path, n: int) -> float:
+    """Images/s of ``search_images`` (regions, embedding, search, verification) on photos decoded
+    beforehand: the most a scan can reach with this search path, whatever its decoding."""
+    paths = sorted(dump.glob("*.jpg"))[:32]
+    decoded = [service.decode(p.read_bytes()) for p in paths]
+    service.search_images(decoded[:2])  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while done < n:
+        chunk = decoded[(done % 32):(done % 32) + 16]
+        service.search_images(chunk)
+        done += len(chunk)
+    return done / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0, clip-random or an HM_MODEL spec")
+    parser.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1)")
+    parser.add_argument("--no-regions", action="store_true", help="search the whole frame only (HM_REGION_PROPOSALS=false)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the generated dump in this folder")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from app.core.config import Settings
+    from app.demo import seed_demo
+    from app.scan.runner import ScanOptions, run_scan
+    from app.service import MatchingService
+
+    tmp = Path(tempfile.mkdtemp(prefix="hm-scan-bench-"))
+    try:
+        model = args.model
+        if model == "clip-random":
+            import open_clip
+            import torch
+
+            torch.manual_seed(0)
+            ckpt = tmp / "vit-b-32-random.pt"
+            torch.save(open_clip.create_model("ViT-B-32").state_dict(), ckpt)
+            model = f"clip:ViT-B-32:{ckpt}"
+        dump = args.keep or tmp / "dump"
+        t0 = time.perf_counter()
+        if not (dump.is_dir() and len(list(dump.glob("*.jpg"))) >= args.images):
+            size = build_dump(dump, args.images, os.cpu_count() or 2)
+            print(f"built {args.images} JPEGs of {PHONE[0]}x{PHONE[1]} ({size / args.images / 1e6:.1f} MB each) "
+                  f"in {time.perf_counter() - t0:.0f} s")
+        settings = Settings(data_dir=tmp / "data", models_dir=tmp / "models", model=model, device="cpu",
+                            region_proposals=not args.no_regions)
+        service = MatchingService(settings).start()
+        seed_demo(service)
+        raw = raw_embedding(service, dump, max(64, args.images // 2))
+        print(f"raw embedding: {raw:.1f} images/s ({service.encoder.name}, batch {service.encoder.batch_size})")
+        searched = search_only(service, dump, max(32, args.images // 4))
+        print(f"search path on decoded photos: {searched:.1f} images/s")
+        summary = run_scan(ScanOptions(dump=dump, out=tmp / "out", workers=args.workers), settings, service=service)
+        service.close()
+        ratio = summary.images_per_s / raw
+        result = {
+            "model": service.encoder.name, "model_spec": args.model, "images": summary.images,
+            "errors": summary.errors, "candidates": summary.candidates, "region_proposals": not args.no_regions,
+            "cores": os.cpu_count(), "decode_workers": args.workers or max(1, (os.cpu_count() or 2) - 1),
+            "raw_embedding_images_per_s": round(raw, 2), "scan_images_per_s": summary.images_per_s,
+            "search_only_images_per_s": round(searched, 2),
+            "scan_wall_s": summary.wall_s, "ratio": round(ratio, 3),
+            "ratio_to_search_only": round(summary.images_per_s / searched, 3),
+        }
+        print(f"scan: {summary.images_per_s:.1f} images/s end to end ({summary.images} images in {summary.wall_s:.1f} s)")
+        print(f"ratio scan / raw embedding: {ratio:.1%}; scan / search path on decoded photos: "
+              f"{summary.images_per_s / searched:.1%}")
+        print(json.dumps(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
