@@ -58,6 +58,9 @@ def foreground_mask(image: Image.Image) -> tuple[np.ndarray, float]:
                              lab[:, :3].reshape(-1, 3), lab[:, -3:].reshape(-1, 3)])
     # A few border colour clusters: walls, tables and studio backdrops are rarely one colour.
     k = 4
+    # k-means++ draws from OpenCV's per-thread random generator: seed it, so the same photo always
+    # gets the same proposals whatever was searched before it.
+    cv2.setRNGSeed(0x5EED)
     _, _, centres = cv2.kmeans(border, k, None, (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0),
                                2, cv2.KMEANS_PP_CENTERS)
     dist = np.min(np.linalg.norm(lab[:, :, None, :] - centres[None, None], axis=3), axis=2)

@@ -153,3 +153,11 @@ def test_geometry_lifts_the_same_object_above_a_closer_lookalike():
     assert judged[0].candidate.artefact_id == 200 and judged[0].evidence.inliers >= 20
     assert judged[0].verdict == "match" and judged[1].verdict == "no_match"
     assert judged[0].box is not None and 0 <= judged[0].score <= 1
+
+
+def test_proposals_do_not_depend_on_what_was_searched_before():
+    photo = two_objects_on_a_table()
+    first = propose_regions(photo)
+    for seed in range(3):
+        propose_regions(textured(seed))
+    assert propose_regions(photo) == first
