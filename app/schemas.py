@@ -151,6 +151,7 @@ class SearchResponse(BaseModel):
     query: QueryInfo
     results: list[SearchResult]
     took_ms: float
+    audit_id: int | None = Field(None, description="The audit-trail event recording this search.")
 
 
 class ErrorBody(BaseModel):
@@ -167,3 +168,32 @@ class Health(BaseModel):
     model: ModelInfo | None
     index: dict | None
     artefacts: int | None
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(..., min_length=1, max_length=100, description="Who or what uses the key.")
+    role: Literal["admin", "registrar", "officer", "monitor"]
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class IndexRebuildReport(BaseModel):
+    fingerprint: str
+    vectors: int
+    embedded: int
+    failed: int
+    missing: int
+    version: int
