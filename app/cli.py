@@ -288,6 +288,8 @@ def keys_create(
     store = _registry()
     try:
         created = KeyStore(store.sessions).create(name, role)
+    except AppError as exc:
+        _fail(exc.message)
     finally:
         store.close()
     console.print(f"key {created.key.id} ({created.key.name}, {created.key.role}) created. It is shown only "
@@ -322,6 +324,8 @@ def keys_revoke(key: str = typer.Argument(..., help="The key's id, or its name w
     store = _registry()
     try:
         row = KeyStore(store.sessions).revoke(key)
+    except AppError as exc:
+        _fail(exc.message)
     finally:
         store.close()
     console.print(f"key {row.id} ({row.name}, {row.role}) revoked")

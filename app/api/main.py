@@ -32,7 +32,7 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 
 def create_app(settings: Settings | None = None, service: MatchingService | None = None) -> FastAPI:
-    settings = service.settings if service is not None else (settings or get_settings())
+    settings = settings or (service.settings if service is not None else get_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
