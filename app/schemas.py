@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.registry.models import ArtefactStatus
 
 Verdict = Literal["match", "possible", "no_match"]
+
+# The database stores UTC without a zone; the API says so (RFC 3339 needs the offset).
+UtcDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc))]
 
 
 class ArtefactFields(BaseModel):
@@ -83,8 +86,8 @@ class ArtefactOut(ArtefactFields):
     inventory_number: str
     institution: str
     status: ArtefactStatus
-    created_at: dt.datetime
-    updated_at: dt.datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     photos: list[PhotoOut] = []
 
 
@@ -182,8 +185,8 @@ class ApiKeyOut(BaseModel):
     name: str
     role: str
     prefix: str = Field(description="The key's first characters, to recognise it.")
-    created_at: dt.datetime
-    revoked_at: dt.datetime | None
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
 
 
 class ApiKeyCreated(ApiKeyOut):

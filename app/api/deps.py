@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Path, Request, UploadFile
 from fastapi.security import HTTPBearer
 
 from app.errors import BadImage, Forbidden, ImageTooLarge, Unauthorized
@@ -13,6 +13,12 @@ from app.security.roles import Permission
 from app.service import MatchingService
 
 CHUNK = 1 << 20
+DB_ID_MAX = 2**63 - 1  # a database integer: larger ids would fail in the driver, not as a 404
+
+
+def id_path(what: str):
+    """A path parameter holding a row id."""
+    return Path(..., ge=1, le=DB_ID_MAX, description=f"The {what}'s id.")
 
 NO_KEY_MESSAGE = (
     "This endpoint needs an API key, sent as `Authorization: Bearer <key>`. An administrator creates one "

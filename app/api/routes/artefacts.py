@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_audit, get_service, read_upload, require
+from app.api.deps import DB_ID_MAX, get_audit, get_service, id_path, read_upload, require
 from app.api.presenters import artefact_outs
 from app.errors import AppError, Forbidden, NotFound
 from app.registry.models import ArtefactStatus
@@ -35,7 +35,7 @@ def list_artefacts(
     institution: str | None = Query(None, max_length=300),
     type: str | None = Query(None, max_length=200, description="Category or specific type."),
     q: str | None = Query(None, max_length=200, description="Text in title, inventory number, description..."),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=DB_ID_MAX),
     limit: int = Query(50, ge=1, le=500),
     service: MatchingService = Depends(get_service),
 ) -> ArtefactPage:
@@ -46,7 +46,7 @@ def list_artefacts(
 
 @router.get("/{artefact_id}", response_model=ArtefactOut, responses=NOT_FOUND)
 def get_artefact(
-    artefact_id: int,
+    artefact_id: int = id_path("artefact"),
     principal: Principal = Depends(require(Permission.read_any_artefact, Permission.read_matched_artefact)),
     service: MatchingService = Depends(get_service),
     audit: AuditLog = Depends(get_audit),
@@ -67,7 +67,7 @@ def get_artefact(
 
 @router.patch("/{artefact_id}", response_model=ArtefactOut, responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 def update_artefact(
-    artefact_id: int, body: ArtefactUpdate, service: MatchingService = Depends(get_service)
+    body: ArtefactUpdate, artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)
 ) -> ArtefactOut:
     changes = body.model_dump(mode="python", exclude_unset=True)
     for required in ("inventory_number", "status"):
@@ -79,7 +79,7 @@ def update_artefact(
 
 
 @router.delete("/{artefact_id}", status_code=204, responses=NOT_FOUND, dependencies=WRITE)
-def delete_artefact(artefact_id: int, service: MatchingService = Depends(get_service)) -> Response:
+def delete_artefact(artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)) -> Response:
     service.delete_artefact(artefact_id)
     return Response(status_code=204)
 
@@ -92,7 +92,7 @@ def delete_artefact(artefact_id: int, service: MatchingService = Depends(get_ser
     dependencies=WRITE,
 )
 async def add_photos(
-    artefact_id: int,
+    artefact_id: int = id_path("artefact"),
     image: list[UploadFile] = File(..., description="One or more photos of the artefact."),
     view: str | None = Form(None, max_length=100, description="View label: front, back, detail..."),
     service: MatchingService = Depends(get_service),

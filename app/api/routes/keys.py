@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from app.api.deps import require
-from app.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.api.deps import id_path, require
+from app.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ErrorResponse
 from app.security.roles import Permission
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require(Permission.manage_keys))])
@@ -25,7 +25,7 @@ def create_key(body: ApiKeyCreate, request: Request) -> ApiKeyCreated:
                          key=created.token)
 
 
-@router.delete("/{key_id}", response_model=ApiKeyOut)
-def revoke_key(key_id: int, request: Request) -> ApiKeyOut:
+@router.delete("/{key_id}", response_model=ApiKeyOut, responses={404: {"model": ErrorResponse, "description": "No such key."}})
+def revoke_key(request: Request, key_id: int = id_path("key")) -> ApiKeyOut:
     """Revoke a key: its next request is refused. The row stays for the audit trail."""
     return ApiKeyOut.model_validate(request.app.state.keys.revoke(key_id), from_attributes=True)

@@ -5,7 +5,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_audit, get_service, require
+from app.api.deps import get_audit, get_service, id_path, require
 from app.errors import Forbidden, NotFound
 from app.imaging import decode_image, thumbnail_jpeg
 from app.schemas import ErrorResponse
@@ -24,7 +24,7 @@ THUMB_SIZE = 256
     responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
 )
 async def get_photo(
-    photo_id: int,
+    photo_id: int = id_path("photo"),
     size: Literal["full", "thumb"] = "full",
     principal: Principal = Depends(require(Permission.read_any_photo, Permission.read_matched_photo,
                                            Permission.thumb_matched_photo)),

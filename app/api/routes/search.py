@@ -18,6 +18,7 @@ ERRORS = {
     409: {"model": ErrorResponse, "description": "The index was built with another model."},
     413: {"model": ErrorResponse, "description": "File or image dimensions over the limit."},
     422: {"model": ErrorResponse, "description": "Not an image, or a damaged one."},
+    503: {"model": ErrorResponse, "description": "The index or the model is not ready yet."},
 }
 
 
