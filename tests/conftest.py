@@ -18,6 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(os.environ.get("HM_BENCHMARKS_DIR", ROOT.parent / "shared" / "benchmarks"))
 
 
+@pytest.fixture(autouse=True)
+def _local_principal():
+    """Each test starts as the local operator: an in-process CLI call sets the acting principal for
+    the rest of its thread, as it should in a real CLI process."""
+    from app.security.actor import LOCAL, reset_principal, set_principal
+
+    token = set_principal(LOCAL)
+    yield
+    reset_principal(token)
+
+
 @pytest.fixture(scope="session")
 def encoder() -> EfficientNetLiteEncoder:
     return EfficientNetLiteEncoder().load()
