@@ -91,6 +91,11 @@ def test_photo_upload_answers_hostile_files(api, h):
     path = service.store.photos.path_for(photo.sha256, photo.format)
     assert path.is_file() and path.parent.parent == service.store.photos.root
     assert path.name.startswith(photo.sha256)
+    # Served back as the image type it was decoded as, never sniffed, never able to run (polyglots).
+    served = client.get(photo.url)
+    assert served.headers["content-type"].startswith("image/") and served.content == h.data
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in served.headers["Content-Security-Policy"]
 
 
 def test_path_traversal_file_name_writes_nothing_outside_the_photo_store(api, tmp_path):
