@@ -21,9 +21,13 @@ app = typer.Typer(help="Match photos of cultural objects against a registry of a
 registry_app = typer.Typer(help="Import and export the artefact registry.", no_args_is_help=True)
 index_app = typer.Typer(help="Maintain the FAISS index.", no_args_is_help=True)
 models_app = typer.Typer(help="Model weights: fetch and list.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail of searches and registry changes.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 app.add_typer(index_app, name="index")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 
@@ -33,6 +37,15 @@ def _service(start: bool = True):
 
     service = MatchingService(get_settings())
     return service.start() if start else service
+
+
+def _registry():
+    """The registry database alone (keys, audit): no model is loaded."""
+    from app.registry.store import RegistryStore
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return RegistryStore(settings.db_url, settings.data_dir / "photos")
 
 
 def _progress() -> Progress:
@@ -49,6 +62,9 @@ def _fail(message: str, code: int = 1):
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.security.actor import cli_principal, set_principal
+
+    set_principal(cli_principal())  # registry changes made here are audited as the local operator
 
 
 @app.command()
@@ -85,10 +101,17 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON response."),
 ):
     """Look up one photo in the local registry."""
+    from app.imaging import sha256_hex
+    from app.security.audit import AuditLog
+
     service = _service()
+    audit = AuditLog(service.store.sessions)
+    data = image.read_bytes()
     try:
-        response = service.search(image.read_bytes(), top_k=top_k)
+        response = service.search(data, top_k=top_k)
+        response.audit_id = audit.record_search(response)
     except AppError as exc:
+        audit.record_search(query_sha256=sha256_hex(data), outcome=exc.code, fingerprint=service.fingerprint)
         _fail(exc.message)
     finally:
         service.close()
@@ -155,6 +178,10 @@ def index_rebuild(reembed: bool = typer.Option(False, "--reembed", help="Embed p
             # their hash, colour and keypoints now rather than on their first search.
             sign = progress.add_task("signatures", total=len(unsigned))
             report["signed"] = service.backfill_signatures(unsigned, progress=lambda n: progress.advance(sign, n))
+        from app.security.audit import AuditLog
+
+        AuditLog(service.store.sessions).record("index.rebuild", model_fingerprint=report["fingerprint"],
+                                                index_version=report["version"], details=report)
     finally:
         service.close()
     console.print(f"index rebuilt for {report['fingerprint']}: {report['vectors']} vectors, version {report['version']}")
@@ -328,6 +355,73 @@ def scan(
             f"{summary.wall_s:.1f} s, {summary.images_per_s:.1f} photos/s. Report: {out / 'report.html'}"
         )
     print(json.dumps(summary.as_dict()))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", help="Who or what uses the key."),
+    role: str = typer.Option(..., "--role", help="admin, registrar, officer or monitor."),
+):
+    """Create a key and print it once: only its hash is stored."""
+    from app.security.keys import KeyStore
+
+    store = _registry()
+    try:
+        created = KeyStore(store.sessions).create(name, role)
+    except AppError as exc:
+        _fail(exc.message)
+    finally:
+        store.close()
+    console.print(f"key {created.key.id} ({created.key.name}, {created.key.role}) created. It is shown only "
+                  "now: send it as `Authorization: Bearer <key>`.")
+    print(created.token)
+
+
+@keys_app.command("list")
+def keys_list():
+    """Every key with its role, prefix and state; never the secret."""
+    from app.security.keys import KeyStore
+
+    store = _registry()
+    try:
+        keys = KeyStore(store.sessions).list()
+    finally:
+        store.close()
+    table = Table(title="API keys")
+    for col in ("id", "name", "role", "prefix", "created", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(str(k.id), k.name, k.role, k.prefix + "...", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str = typer.Argument(..., help="The key's id, or its name when one active key has it.")):
+    """Revoke a key: its next request is refused."""
+    from app.security.keys import KeyStore
+
+    store = _registry()
+    try:
+        row = KeyStore(store.sessions).revoke(key)
+    except AppError as exc:
+        _fail(exc.message)
+    finally:
+        store.close()
+    console.print(f"key {row.id} ({row.name}, {row.role}) revoked")
+
+
+@audit_app.command("export")
+def audit_export(out: Path = typer.Argument(..., help="OUT.jsonl: one event a line, oldest first.")):
+    """Write the whole audit trail as JSONL."""
+    from app.security.audit import AuditLog
+
+    store = _registry()
+    try:
+        n = AuditLog(store.sessions).export_jsonl(out)
+    finally:
+        store.close()
+    console.print(f"exported {n} audit events to {out}")
 
 
 def main() -> None:

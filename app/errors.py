@@ -50,3 +50,22 @@ class IndexModelMismatch(AppError):
 class ModelUnavailable(AppError):
     status_code = 503
     code = "model_unavailable"
+
+
+class Unauthorized(AppError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    """A valid key whose role does not allow this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"

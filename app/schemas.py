@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.registry.models import ArtefactStatus
 
 Verdict = Literal["match", "possible", "no_match"]
+
+# The database stores UTC without a zone; the API says so (RFC 3339 needs the offset).
+UtcDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc))]
 
 
 class ArtefactFields(BaseModel):
@@ -83,8 +86,8 @@ class ArtefactOut(ArtefactFields):
     inventory_number: str
     institution: str
     status: ArtefactStatus
-    created_at: dt.datetime
-    updated_at: dt.datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     photos: list[PhotoOut] = []
 
 
@@ -152,6 +155,7 @@ class SearchResponse(BaseModel):
     query: QueryInfo
     results: list[SearchResult]
     took_ms: float
+    audit_id: int | None = Field(None, description="The audit-trail event recording this search.")
 
 
 class ErrorBody(BaseModel):
@@ -168,3 +172,32 @@ class Health(BaseModel):
     model: ModelInfo | None
     index: dict | None
     artefacts: int | None
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(..., min_length=1, max_length=100, description="Who or what uses the key.")
+    role: Literal["admin", "registrar", "officer", "monitor"]
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class IndexRebuildReport(BaseModel):
+    fingerprint: str
+    vectors: int
+    embedded: int
+    failed: int
+    missing: int
+    version: int

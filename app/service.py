@@ -64,8 +64,9 @@ class MatchingService:
     # --- life cycle -----------------------------------------------------------------------------
 
     def start(self) -> "MatchingService":
-        """Load the model and make the index agree with the database."""
+        """Load the model, remove photo files an interrupted write left, make the index agree with the database."""
         self.encoder.load()
+        self.store.remove_orphan_files()
         self.reconcile_index()
         return self
 

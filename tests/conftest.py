@@ -18,6 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(os.environ.get("HM_BENCHMARKS_DIR", ROOT.parent / "shared" / "benchmarks"))
 
 
+@pytest.fixture(autouse=True)
+def _local_principal():
+    """Each test starts as the local operator: an in-process CLI call sets the acting principal for
+    the rest of its thread, as it should in a real CLI process."""
+    from app.security.actor import LOCAL, reset_principal, set_principal
+
+    token = set_principal(LOCAL)
+    yield
+    reset_principal(token)
+
+
 @pytest.fixture(scope="session")
 def encoder() -> EfficientNetLiteEncoder:
     return EfficientNetLiteEncoder().load()
@@ -25,8 +36,9 @@ def encoder() -> EfficientNetLiteEncoder:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    # No rate limit by default: tests send bursts; tests/test_auth.py checks the limit itself.
     return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", model="efficientnet-lite0",
-                    device="cpu")
+                    device="cpu", rate_limit_per_minute=0)
 
 
 @pytest.fixture
@@ -36,6 +48,21 @@ def service(settings, encoder):
     svc = MatchingService(settings, encoder=encoder).start()
     yield svc
     svc.close()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def make_key(service):
+    """Create an API key of a role on the test service's registry; returns the secret."""
+    from app.security.keys import KeyStore
+
+    def make(role: str = "admin", name: str | None = None) -> str:
+        return KeyStore(service.store.sessions).create(name or f"test-{role}", role).token
+
+    return make
 
 
 @pytest.fixture(scope="session")

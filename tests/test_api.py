@@ -9,12 +9,12 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.demo import seed_demo
-from tests.conftest import coin_query, jpeg_bytes, png_bytes, random_photo
+from tests.conftest import bearer, coin_query, jpeg_bytes, png_bytes, random_photo
 
 
 @pytest.fixture
-def client(settings, service):
-    with TestClient(create_app(settings, service=service)) as c:
+def client(settings, service, make_key):
+    with TestClient(create_app(settings, service=service), headers=bearer(make_key("admin"))) as c:
         yield c
 
 
@@ -142,8 +142,11 @@ def test_truncated_jpeg_is_refused(client):
 def test_upload_over_limit_is_refused(settings, encoder):
     from app.service import MatchingService
 
+    from app.security.keys import KeyStore
+
     small = MatchingService(settings.model_copy(update={"max_upload_mb": 0.01}), encoder=encoder)
-    with TestClient(create_app(service=small)) as c:
+    admin = KeyStore(small.store.sessions).create("admin", "admin").token
+    with TestClient(create_app(service=small), headers=bearer(admin)) as c:
         # Over the limit but under the request-size guard: refused while reading the file.
         r = c.post("/v1/search", files={"image": ("big.png", b"\x89PNG" + b"0" * 20_000, "image/png")})
         assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"

@@ -12,9 +12,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from app.api.routes import artefacts, health, photos, search
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.deps import PROTECTED_RESPONSES
+from app.api.middleware import Authenticate, BodySizeLimit, SecurityHeaders
+from app.api.routes import artefacts, health, index, keys, photos, search
 from app.core.config import Settings, get_settings
 from app.errors import AppError
+from app.security.audit import AuditLog
+from app.security.keys import KeyStore
+from app.security.ratelimit import RateLimiter
 from app.service import MatchingService
 
 log = logging.getLogger(__name__)
@@ -25,13 +32,20 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 
 def create_app(settings: Settings | None = None, service: MatchingService | None = None) -> FastAPI:
-    settings = service.settings if service is not None else (settings or get_settings())
+    settings = settings or (service.settings if service is not None else get_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         owned = service is None
         app.state.service = service or MatchingService(settings)
         app.state.service.start()
+        app.state.keys = KeyStore(app.state.service.store.sessions)
+        app.state.audit = AuditLog(app.state.service.store.sessions)
+        if not settings.auth:
+            log.warning("HM_AUTH=false: every request acts as an admin without a key. Use on a single-user machine only.")
+        elif not any(k.revoked_at is None for k in app.state.keys.list()):
+            log.warning("No API key exists yet, so every /v1 request is refused: create one with "
+                        "`heritage-match keys create --name NAME --role officer`.")
         log.info("heritage-match ready: model %s, %d vectors", app.state.service.fingerprint,
                  app.state.service.index.count if app.state.service.index else 0)
         yield
@@ -64,18 +78,19 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        # Refuse oversized uploads before the multipart parser spools them.
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes + (1 << 20)  # room for multipart headers
-        if length and length.isdigit() and int(length) > limit:
-            return error_response(413, "image_too_large",
-                                  f"The request is larger than the limit of {settings.max_upload_mb:.0f} MB.")
-        return await call_next(request)
+    # Added innermost first: headers wrap everything, CORS answers preflights before authentication,
+    # authentication refuses before the size limit lets any body in.
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20),  # room for multipart headers
+                       limit_mb=settings.max_upload_mb)
+    app.add_middleware(Authenticate, enabled=settings.auth,
+                       limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst))
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(SecurityHeaders)
 
     app.include_router(health.router)
-    app.include_router(search.router)
-    app.include_router(artefacts.router)
-    app.include_router(photos.router)
+    for module in (search, artefacts, photos, keys, index):
+        app.include_router(module.router, responses=PROTECTED_RESPONSES)
     return app

@@ -46,10 +46,23 @@ class Settings(BaseSettings):
         True, description="Also search object regions of the query photo (several objects, clutter)."
     )
     torch_threads: int | None = Field(None, description="Threads torch may use (default: torch's choice).")
+    auth: bool = Field(
+        True, description="Require an API key on every endpoint but /healthz and /readyz. false: every "
+        "request acts as an admin (a single-user machine only)."
+    )
+    rate_limit_per_minute: float = Field(120, ge=0, description="Requests a minute per API key (0: no limit).")
+    rate_limit_burst: int = Field(30, ge=1, description="Requests a key may send at once before the limit applies.")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser (default: none, CORS off)."
+    )
 
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -7,6 +7,11 @@ can always be rebuilt from them.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +23,12 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from app.errors import Conflict, NotFound
 from app.registry.models import Artefact, Base, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
+from app.security import models as _security_tables  # noqa: F401  (keys and audit tables: create_all)
+from app.security.audit import install_append_only_triggers, record_event
 from app.signatures import SIGNATURE_VERSION, VisualSignature
+from app.storage import file_lock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,8 +60,18 @@ class RegistryStore:
         if db_url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        install_append_only_triggers(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.photos = PhotoStore(photo_root)
+        self._write_lock_path = self.photos.root / ".write.lock"
+
+    @contextmanager
+    def photo_writes(self, exclusive: bool = False):
+        """Held shared from writing photo files until their rows commit; held exclusive to delete
+        files, so a file is never judged unreferenced while a writer is between file and commit."""
+        self.photos.root.mkdir(parents=True, exist_ok=True)
+        with file_lock(self._write_lock_path, shared=not exclusive):
+            yield
 
     def close(self) -> None:
         self.engine.dispose()
@@ -60,7 +80,7 @@ class RegistryStore:
 
     def create_artefact(self, fields: dict, photos: list[NewPhoto], fingerprint: str | None) -> Artefact:
         """Store an artefact with its photos and their vectors in one transaction."""
-        with self.sessions.begin() as s:
+        with self.photo_writes(), self.sessions.begin() as s:
             artefact = Artefact(**fields)
             s.add(artefact)
             try:
@@ -74,19 +94,25 @@ class RegistryStore:
             # pointing at a missing photo.
             for p in photos:
                 self.photos.put(p.data, p.sha256, p.format)
-            self._attach_photos(s, artefact, photos, fingerprint)
+            stored = self._attach_photos(s, artefact, photos, fingerprint)
+            record_event(s, "artefact.create", artefact_id=artefact.id, model_fingerprint=fingerprint, details={
+                "inventory_number": artefact.inventory_number, "institution": artefact.institution,
+                "photo_ids": [p.id for p in stored]})
         return self.get_artefact(artefact.id)
 
     def add_photos(self, artefact_id: int, photos: list[NewPhoto], fingerprint: str | None) -> list[Photo]:
         """Add photos to an artefact; a photo it already has (same bytes) is returned, not duplicated."""
-        for p in photos:
-            self.photos.put(p.data, p.sha256, p.format)
-        with self.sessions.begin() as s:
-            artefact = s.get(Artefact, artefact_id)
-            if artefact is None:
-                raise NotFound(f"No artefact with id {artefact_id}.")
-            stored = self._attach_photos(s, artefact, photos, fingerprint)
-            ids = [p.id for p in stored]
+        with self.photo_writes():
+            for p in photos:
+                self.photos.put(p.data, p.sha256, p.format)
+            with self.sessions.begin() as s:
+                artefact = s.get(Artefact, artefact_id)
+                if artefact is None:
+                    raise NotFound(f"No artefact with id {artefact_id}.")
+                stored = self._attach_photos(s, artefact, photos, fingerprint)
+                ids = [p.id for p in stored]
+                record_event(s, "photo.add", artefact_id=artefact_id, model_fingerprint=fingerprint,
+                             details={"photo_ids": ids})
         return self.photos_by_ids(ids)
 
     def _attach_photos(self, s: Session, artefact: Artefact, photos: list[NewPhoto], fingerprint: str | None):
@@ -178,6 +204,7 @@ class RegistryStore:
                 s.flush()
             except IntegrityError as exc:
                 raise Conflict("Another artefact of this institution has that inventory number.") from exc
+            record_event(s, "artefact.update", artefact_id=artefact_id, details={"changes": changes})
         return self.get_artefact(artefact_id)
 
     def delete_artefact(self, artefact_id: int) -> list[int]:
@@ -189,15 +216,55 @@ class RegistryStore:
             if artefact is None:
                 raise NotFound(f"No artefact with id {artefact_id}.")
             gone = [(p.id, p.sha256, p.format) for p in artefact.photos]
+            record_event(s, "artefact.delete", artefact_id=artefact_id, details={
+                "inventory_number": artefact.inventory_number, "institution": artefact.institution,
+                "photo_ids": [pid for pid, _, _ in gone]})
             s.delete(artefact)
-        for _, sha, fmt in gone:
-            self._delete_file_if_unused(sha, fmt)
+        if gone:
+            with self.photo_writes(exclusive=True):
+                for _, sha, fmt in gone:
+                    self._delete_file_if_unused(sha, fmt)
         return [pid for pid, _, _ in gone]
 
     def _delete_file_if_unused(self, sha256: str, fmt: str) -> None:
         with self.sessions() as s:
             if s.scalar(select(func.count()).select_from(Photo).where(Photo.sha256 == sha256)) == 0:
                 self.photos.delete(sha256, fmt)
+
+    def remove_orphan_files(self, wait_s: float = 5.0) -> int:
+        """Delete photo files no photo row references, and temp files of interrupted writes.
+
+        A crash between writing a photo file and committing its rows leaves such a file. Done under
+        the exclusive write lock, so no writer is between its files and its commit; when writers
+        keep the lock busy for ``wait_s`` the clean-up is left to the next start.
+        """
+        if not self.photos.root.exists():
+            return 0
+        deadline = time.monotonic() + wait_s
+        fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        log.info("Photo store busy: orphan clean-up left to the next start.")
+                        return 0
+                    time.sleep(0.05)
+            with self.sessions() as s:
+                known = {self.photos.path_for(sha, fmt).name
+                         for sha, fmt in s.execute(select(Photo.sha256, Photo.format))}
+            removed = 0
+            for path in self.photos.root.glob("??/*"):
+                if path.is_file() and (path.name.startswith(".tmp-") or path.name not in known):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            if removed:
+                log.warning("Removed %d photo files no artefact refers to (left by an interrupted write).", removed)
+            return removed
+        finally:
+            os.close(fd)
 
     def count_artefacts(self) -> int:
         with self.sessions() as s:

@@ -3,12 +3,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_service, read_upload
+from app.api.deps import DB_ID_MAX, get_audit, get_service, id_path, read_upload, require
 from app.api.presenters import artefact_outs
-from app.errors import AppError
+from app.errors import AppError, Forbidden, NotFound
 from app.registry.models import ArtefactStatus
 from app.registry.store import ArtefactFilter
 from app.schemas import ArtefactCreate, ArtefactOut, ArtefactPage, ArtefactUpdate, ErrorResponse, PhotoOut
+from app.security.actor import Principal
+from app.security.audit import AuditLog
+from app.security.roles import Permission
 from app.service import MatchingService, PhotoInput
 
 router = APIRouter(prefix="/v1/artefacts", tags=["artefacts"])
@@ -16,22 +19,23 @@ router = APIRouter(prefix="/v1/artefacts", tags=["artefacts"])
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such artefact."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "Inventory number already registered."}}
 MAX_PHOTOS_PER_REQUEST = 50
+WRITE = [Depends(require(Permission.write_registry))]
 
 
-@router.post("", response_model=ArtefactOut, status_code=201, responses=CONFLICT)
+@router.post("", response_model=ArtefactOut, status_code=201, responses=CONFLICT, dependencies=WRITE)
 def create_artefact(body: ArtefactCreate, service: MatchingService = Depends(get_service)) -> ArtefactOut:
     """Register an artefact record; add its photos with POST /v1/artefacts/{id}/photos."""
     artefact = service.register_artefact(body.model_dump(mode="python"), [])
     return artefact_outs(service, [artefact])[0]
 
 
-@router.get("", response_model=ArtefactPage)
+@router.get("", response_model=ArtefactPage, dependencies=[Depends(require(Permission.list_registry))])
 def list_artefacts(
     status: ArtefactStatus | None = None,
     institution: str | None = Query(None, max_length=300),
     type: str | None = Query(None, max_length=200, description="Category or specific type."),
     q: str | None = Query(None, max_length=200, description="Text in title, inventory number, description..."),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=DB_ID_MAX),
     limit: int = Query(50, ge=1, le=500),
     service: MatchingService = Depends(get_service),
 ) -> ArtefactPage:
@@ -41,13 +45,29 @@ def list_artefacts(
 
 
 @router.get("/{artefact_id}", response_model=ArtefactOut, responses=NOT_FOUND)
-def get_artefact(artefact_id: int, service: MatchingService = Depends(get_service)) -> ArtefactOut:
-    return artefact_outs(service, [service.store.get_artefact(artefact_id)])[0]
+def get_artefact(
+    artefact_id: int = id_path("artefact"),
+    principal: Principal = Depends(require(Permission.read_any_artefact, Permission.read_matched_artefact)),
+    service: MatchingService = Depends(get_service),
+    audit: AuditLog = Depends(get_audit),
+) -> ArtefactOut:
+    """The record; an officer reads only artefacts its own searches matched."""
+    if principal.can(Permission.read_any_artefact):
+        return artefact_outs(service, [service.store.get_artefact(artefact_id)])[0]
+    # One answer for a missing id and an unmatched one: the key cannot learn which ids are registered.
+    refused = Forbidden("This key may read only artefacts its own searches matched.")
+    try:
+        artefact = service.store.get_artefact(artefact_id)
+    except NotFound:
+        raise refused from None
+    if not audit.matched(principal, artefact_id, artefact.created_at):
+        raise refused
+    return artefact_outs(service, [artefact])[0]
 
 
-@router.patch("/{artefact_id}", response_model=ArtefactOut, responses={**NOT_FOUND, **CONFLICT})
+@router.patch("/{artefact_id}", response_model=ArtefactOut, responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 def update_artefact(
-    artefact_id: int, body: ArtefactUpdate, service: MatchingService = Depends(get_service)
+    body: ArtefactUpdate, artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)
 ) -> ArtefactOut:
     changes = body.model_dump(mode="python", exclude_unset=True)
     for required in ("inventory_number", "status"):
@@ -58,8 +78,8 @@ def update_artefact(
     return artefact_outs(service, [service.update_artefact(artefact_id, changes)])[0]
 
 
-@router.delete("/{artefact_id}", status_code=204, responses=NOT_FOUND)
-def delete_artefact(artefact_id: int, service: MatchingService = Depends(get_service)) -> Response:
+@router.delete("/{artefact_id}", status_code=204, responses=NOT_FOUND, dependencies=WRITE)
+def delete_artefact(artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)) -> Response:
     service.delete_artefact(artefact_id)
     return Response(status_code=204)
 
@@ -69,9 +89,10 @@ def delete_artefact(artefact_id: int, service: MatchingService = Depends(get_ser
     response_model=list[PhotoOut],
     status_code=201,
     responses={**NOT_FOUND, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    dependencies=WRITE,
 )
 async def add_photos(
-    artefact_id: int,
+    artefact_id: int = id_path("artefact"),
     image: list[UploadFile] = File(..., description="One or more photos of the artefact."),
     view: str | None = Form(None, max_length=100, description="View label: front, back, detail..."),
     service: MatchingService = Depends(get_service),

@@ -5,9 +5,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_service
+from app.api.deps import get_audit, get_service, id_path, require
+from app.errors import Forbidden, NotFound
 from app.imaging import decode_image, thumbnail_jpeg
 from app.schemas import ErrorResponse
+from app.security.actor import Principal
+from app.security.audit import AuditLog
+from app.security.roles import Permission
 from app.service import MatchingService
 
 router = APIRouter(prefix="/v1/photos", tags=["photos"])
@@ -20,15 +24,39 @@ THUMB_SIZE = 256
     responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
 )
 async def get_photo(
-    photo_id: int,
+    photo_id: int = id_path("photo"),
     size: Literal["full", "thumb"] = "full",
+    principal: Principal = Depends(require(Permission.read_any_photo, Permission.read_matched_photo,
+                                           Permission.thumb_matched_photo)),
     service: MatchingService = Depends(get_service),
+    audit: AuditLog = Depends(get_audit),
 ) -> Response:
-    """A registry photo: the stored original, or a JPEG thumbnail (256 px) with ``size=thumb``."""
-    photo = service.store.get_photo(photo_id)
+    """A registry photo: the stored original, or a JPEG thumbnail (256 px) with ``size=thumb``.
+
+    An officer gets photos of artefacts its own searches matched; a monitor only their thumbnails.
+    """
+    if principal.can(Permission.read_any_photo):
+        photo = await run_in_threadpool(service.store.get_photo, photo_id)
+    else:
+        photo = await run_in_threadpool(_matched_photo, principal, photo_id, size, service, audit)
     data = service.store.photos.read(photo.sha256, photo.format)
     headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{photo.sha256}-{size}"'}
     if size == "thumb":
         thumb = await run_in_threadpool(lambda: thumbnail_jpeg(decode_image(data, min_side=THUMB_SIZE).image, THUMB_SIZE))
         return Response(thumb, media_type="image/jpeg", headers=headers)
     return Response(data, media_type=service.store.photos.media_type(photo.format), headers=headers)
+
+
+def _matched_photo(principal: Principal, photo_id: int, size: str, service: MatchingService, audit: AuditLog):
+    if size == "full" and not principal.can(Permission.read_matched_photo):
+        raise Forbidden("This key may see only thumbnails (size=thumb) of artefacts its searches matched.")
+    # One answer for a missing id and an unmatched one: the key cannot learn which ids exist.
+    refused = Forbidden("This key may see only photos of artefacts its own searches matched.")
+    try:
+        photo = service.store.get_photo(photo_id)
+        artefact = service.store.get_artefact(photo.artefact_id)
+    except NotFound:
+        raise refused from None
+    if not audit.matched(principal, artefact.id, artefact.created_at):
+        raise refused
+    return photo

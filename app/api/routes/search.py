@@ -3,8 +3,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_service, read_upload
+from app.api.deps import get_audit, get_service, read_upload, require
+from app.errors import AppError
+from app.imaging import sha256_hex
 from app.schemas import ErrorResponse, SearchResponse
+from app.security.actor import Principal
+from app.security.audit import AuditLog
+from app.security.roles import MONITOR_VISIBLE_VERDICTS, Permission, Role
 from app.service import MatchingService
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -13,6 +18,7 @@ ERRORS = {
     409: {"model": ErrorResponse, "description": "The index was built with another model."},
     413: {"model": ErrorResponse, "description": "File or image dimensions over the limit."},
     422: {"model": ErrorResponse, "description": "Not an image, or a damaged one."},
+    503: {"model": ErrorResponse, "description": "The index or the model is not ready yet."},
 }
 
 
@@ -21,8 +27,26 @@ async def search(
     image: UploadFile = File(..., description="The photo to look up (JPEG, PNG, WebP, TIFF, HEIC)."),
     top_k: int | None = Form(None, ge=1, le=100),
     top_k_query: int | None = Query(None, alias="top_k", ge=1, le=100),
+    principal: Principal = Depends(require(Permission.search)),
     service: MatchingService = Depends(get_service),
+    audit: AuditLog = Depends(get_audit),
 ) -> SearchResponse:
-    """Registered artefacts this photo may show, best first, each with a score and a verdict."""
-    data = await read_upload(image, service.settings.max_upload_bytes)
-    return await run_in_threadpool(service.search, data, top_k or top_k_query)
+    """Registered artefacts this photo may show, best first, each with a score and a verdict.
+
+    Every search is recorded in the audit trail; the response carries the event's ``audit_id``.
+    A monitor key sees only `match` results, with thumbnail links.
+    """
+    data = None
+    try:
+        data = await read_upload(image, service.settings.max_upload_bytes)
+        response = await run_in_threadpool(service.search, data, top_k or top_k_query)
+    except AppError as exc:  # refused searches are evidence of probing too
+        await run_in_threadpool(audit.record_search, query_sha256=sha256_hex(data) if data else None,
+                                outcome=exc.code, fingerprint=service.fingerprint, principal=principal)
+        raise
+    if principal.role == Role.monitor:
+        response.results = [r for r in response.results if r.verdict in MONITOR_VISIBLE_VERDICTS]
+        for r in response.results:
+            r.photo_url = f"/v1/photos/{r.photo_id}?size=thumb"
+    response.audit_id = await run_in_threadpool(audit.record_search, response, principal=principal)
+    return response

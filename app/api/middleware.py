@@ -1,0 +1,164 @@
+"""ASGI middleware: security headers, API-key authentication with rate limits, request size limit.
+
+Authentication and the size limit are ASGI middleware rather than route dependencies because
+FastAPI parses a request's body before it runs dependencies: a request without a valid key, or over
+its rate, is refused before a byte of its body is read.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.deps import BAD_KEY_MESSAGE, NO_KEY_MESSAGE
+from app.security.actor import Principal, reset_principal, set_principal
+from app.security.ratelimit import RateLimiter
+from app.security.roles import Role
+
+PROTECTED_PREFIX = "/v1"
+ANONYMOUS = Principal(key_id=None, name="anonymous", role=Role.admin)
+
+# The docs pages need their inline start-up script; everything else may load nothing at all.
+HTML_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+OTHER_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+class SecurityHeaders:
+    """Headers that keep browsers from sniffing, framing or leaking what the service sends."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                html = headers.get("content-type", "").startswith("text/html")
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+                headers.setdefault("Content-Security-Policy", HTML_CSP if html else OTHER_CSP)
+                if scope["path"].startswith(PROTECTED_PREFIX):
+                    # Search results and records are case material: no shared or browser cache keeps them.
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Authenticate:
+    """Every request under /v1 needs a valid API key (``Authorization: Bearer``) within its rate.
+
+    The key's principal goes to ``request.state.principal`` for the permission checks of the routes,
+    and to the audit trail's context for the registry changes the request makes.
+    """
+
+    def __init__(self, app: ASGIApp, enabled: bool, limiter: RateLimiter):
+        self.app = app
+        self.enabled = enabled
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _protected(scope["path"]):
+            return await self.app(scope, receive, send)
+        principal = self._principal(scope)
+        if principal is None:
+            has_key = "authorization" in Headers(scope=scope)
+            response = JSONResponse(error_body("unauthorized", BAD_KEY_MESSAGE if has_key else NO_KEY_MESSAGE),
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        wait = self.limiter.check(principal.key_id if principal.key_id is not None else principal.name)
+        if wait > 0:
+            retry = RateLimiter.retry_after_header(wait)
+            response = JSONResponse(
+                error_body("rate_limited", f"Too many requests for this key; retry in {retry} s."),
+                status_code=429, headers={"Retry-After": retry})
+            return await response(scope, receive, send)
+        scope.setdefault("state", {})["principal"] = principal
+        token = set_principal(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_principal(token)
+
+    def _principal(self, scope: Scope) -> Principal | None:
+        if not self.enabled:
+            return ANONYMOUS
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return scope["app"].state.keys.authenticate(token.strip())
+
+
+class BodySizeLimit:
+    """Refuse a request body over ``limit`` bytes as it streams in, Content-Length or not.
+
+    The multipart parser would otherwise spool a whole chunked upload to disk before any route
+    could look at its size. Over the limit, reading stops and the answer is 413 whatever the inner
+    app made of the cut-off body.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, limit_mb: float):
+        self.app = app
+        self.limit = limit
+        self.message = f"The request is larger than the limit of {limit_mb:g} MB."
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, receive, send)
+        received = 0
+        over = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    over = True
+                    raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over:
+                return  # the inner app's answer to a cut-off body is replaced by 413
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if over and not started:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(error_body("image_too_large", self.message), status_code=413,
+                                headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _protected(path: str) -> bool:
+    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")

@@ -1,0 +1,49 @@
+"""Who is acting: the API key of the request, or the local operator at the command line.
+
+It travels in a context variable so that a registry change is audited in the database transaction
+that makes it, whatever the entry point (API, `registry import`, `demo`), without threading the key
+through every service call. The API sets it per request; the CLI sets it once.
+"""
+
+from __future__ import annotations
+
+import getpass
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from app.security.roles import Permission, Role, can
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: int | None  # None: not an API key (the CLI, or HM_AUTH=false)
+    name: str
+    role: Role
+
+    def can(self, permission: Permission) -> bool:
+        return can(self.role, permission)
+
+
+LOCAL = Principal(key_id=None, name="local", role=Role.admin)
+_current: ContextVar[Principal] = ContextVar("heritage_match_principal", default=LOCAL)
+
+
+def current_principal() -> Principal:
+    return _current.get()
+
+
+def set_principal(principal: Principal):
+    """Set for the current context; returns the token to reset it with."""
+    return _current.set(principal)
+
+
+def reset_principal(token) -> None:
+    _current.reset(token)
+
+
+def cli_principal() -> Principal:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = "unknown"
+    return Principal(key_id=None, name=f"cli:{user}", role=Role.admin)

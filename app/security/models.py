@@ -1,0 +1,60 @@
+"""Tables of API keys and of the audit trail, in the registry's database."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.registry.models import Base, utcnow
+
+
+class ApiKey(Base):
+    """A key is shown once at creation; only its SHA-256 is stored (the token is 256 random bits,
+    so a fast hash is as safe as a slow one and lookups stay one indexed query)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to recognise a key in lists
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AuditEvent(Base):
+    """One search or registry change. Append-only: nothing in the code updates or deletes a row, and
+    on SQLite triggers refuse it."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: keys come and go, the trail stays
+    key_name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    outcome: Mapped[str] = mapped_column(String(40), default="ok")  # "ok" or the error code
+    query_sha256: Mapped[str | None] = mapped_column(String(64))
+    artefact_id: Mapped[int | None] = mapped_column(Integer)  # the artefact a registry change touched
+    details: Mapped[str | None] = mapped_column(Text)  # JSON
+    model_fingerprint: Mapped[str | None] = mapped_column(String(120))
+    index_version: Mapped[int | None] = mapped_column(Integer)
+
+    results: Mapped[list["AuditResult"]] = relationship(order_by="AuditResult.rank", lazy="selectin")
+
+
+class AuditResult(Base):
+    """A search's results, one row each, so "did this key's searches match artefact X" is one query."""
+
+    __tablename__ = "audit_results"
+
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audit_events.id"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artefact_id: Mapped[int] = mapped_column(Integer, index=True)
+    photo_id: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(20))

@@ -1,0 +1,36 @@
+"""Per-key rate limits: a token bucket per key, in the memory of each server process."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+
+class RateLimiter:
+    """``per_minute`` requests a minute on average, up to ``burst`` at once; ``per_minute=0`` is no limit."""
+
+    def __init__(self, per_minute: float, burst: int, clock=time.monotonic):
+        self.rate = per_minute / 60.0
+        self.burst = max(1, burst)
+        self.clock = clock
+        self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._lock = threading.Lock()
+
+    def check(self, key) -> float:
+        """Take one token for ``key``: 0.0 when allowed, else the seconds to wait before retrying."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+    @staticmethod
+    def retry_after_header(wait: float) -> str:
+        return str(max(1, math.ceil(wait)))
