@@ -128,6 +128,12 @@ def test_scan_finds_coins_reports_errors_and_writes_a_safe_report(dump, registry
     assert report.count("class='artefact'") == len({m["artefact_id"] for m in matches})
     assert "sortBy('asc')" in report
 
+    # The run is in the audit trail, with its counts.
+    from app.security.audit import AuditLog, event_dict
+
+    scans = [event_dict(e) for e in AuditLog(scan_service.store.sessions).events() if e.action == "scan"]
+    assert len(scans) == 1 and scans[0]["details"]["summary"]["images"] == COINS + DISTRACTORS
+
 
 def test_min_verdict_match_keeps_only_matches(dump, registry, scan_service, tmp_path):
     out = tmp_path / "out"

@@ -110,6 +110,14 @@ def run_scan(options: ScanOptions, settings: Settings, service=None, progress: P
         progress.start(dump.count(), sum(s.listings + s.row_errors for s in done.values()))
         images_this_run = _scan(options, settings, service, dump, checkpoint, set(done), top_k, progress)
         summary = _finish(options, service, checkpoint, wanted, images_this_run, time.perf_counter() - t0)
+        # One audit event per scan run (not per photo: a dump may hold millions); the candidates
+        # themselves are in the run's matches.jsonl.
+        from app.security.audit import AuditLog
+
+        AuditLog(service.store.sessions).record(
+            "scan", model_fingerprint=service.fingerprint, index_version=service.index.version if service.index else None,
+            details={"dump": wanted["dump"], "out": str(Path(options.out).resolve()), "engine": options.engine,
+                     "min_verdict": options.min_verdict, "summary": summary.as_dict()})
         return summary
     finally:
         if own_service:
