@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_DIR = Path(__file__).parent / "calibrations"
 
 # The evidence a candidate gets; the names are the keys of the fitted weights.
-FEATURES = ("cosine", "margin", "colour", "colour_margin", "log_inliers")
+FEATURES = ("cosine", "margin", "colour", "colour_margin", "log_inliers", "log_matches")
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,14 @@ class Evidence:
     # colour minus the best colour of any other candidate: a recoloured query lowers every
     # candidate's colour alike, so the lead still tells which one has the object's colours.
     colour_margin: float = 0.0
+    # keypoint pairs that are each other's nearest neighbours and pass the ratio test, before any
+    # geometric model: on small objects seen from another side they survive where a homography fails.
+    matches: int = 0
 
     def vector(self) -> dict[str, float]:
         return {"cosine": self.cosine, "margin": self.margin, "colour": self.colour,
-                "colour_margin": self.colour_margin, "log_inliers": math.log1p(max(self.inliers, 0))}
+                "colour_margin": self.colour_margin, "log_inliers": math.log1p(max(self.inliers, 0)),
+                "log_matches": math.log1p(max(self.matches, 0))}
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def _candidate_rows(query: dict, expected: list[str], results, id_of) -> list[di
             "query": query["path"], "rank": rank, "object_id": id_of.get(r.artefact_id),
             "label": int(id_of.get(r.artefact_id) in expected), "open_set": not expected,
             "exact_reuse": ev.exact_reuse, "cosine": ev.cosine, "margin": ev.margin, "colour": ev.colour,
-            "colour_margin": ev.colour_margin,
+            "colour_margin": ev.colour_margin, "matches": ev.matches,
             "inliers": ev.inliers, "score": r.score, "verdict": r.verdict,
         })
     return rows

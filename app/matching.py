@@ -103,7 +103,7 @@ def gather_evidence(
     """
     found = []
     for i, c in enumerate(candidates):
-        best_photo, geometry, colour = c.photo_id, NO_GEOMETRY, 0.0
+        best_photo, geometry, colour, matches = c.photo_id, NO_GEOMETRY, 0.0, 0
         per_artefact = PHOTOS_VERIFIED_PER_ARTEFACT if i < DEEP_VERIFIED else 1
         checked = (c.photo_ids[:per_artefact] or (c.photo_id,)) if i < verify else (c.photo_id,)
         for pid in checked:
@@ -113,14 +113,15 @@ def gather_evidence(
             colour = max(colour, float(np.dot(query.colour, ref.colour)))
             if i < verify:
                 g = verify_geometry(query.features, ref.features)
+                matches = max(matches, g.matches)
                 if g.inliers > geometry.inliers:
                     best_photo, geometry = pid, g
-        found.append((colour, best_photo, geometry))
+        found.append((colour, best_photo, geometry, matches))
     cosine_margins = margins([c.score for c in candidates], calibration.background_cosine)
     colour_margins = margins([f[0] for f in found], 0.0)
     return [
-        (Evidence(c.score, m, colour, geometry.inliers, cm), best_photo, geometry)
-        for c, m, cm, (colour, best_photo, geometry) in zip(candidates, cosine_margins, colour_margins, found)
+        (Evidence(c.score, m, colour, geometry.inliers, cm, matches), best_photo, geometry)
+        for c, m, cm, (colour, best_photo, geometry, matches) in zip(candidates, cosine_margins, colour_margins, found)
     ]
 
 

@@ -116,6 +116,7 @@ class MatchEvidence(BaseModel):
     colour: float | None = Field(None, description="Colour-signature similarity, 0 to 1.")
     colour_margin: float | None = Field(None, description="Colour lead over the best other artefact.")
     inliers: int = Field(0, description="Keypoint matches consistent with one geometric transform.")
+    matches: int = Field(0, description="Keypoint matches (mutual nearest, ratio test) before the geometric check.")
 
 
 class SearchResult(BaseModel):

@@ -385,7 +385,7 @@ class MatchingService:
             evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4)) if j.exact_reuse else
                         MatchEvidence(cosine=round(float(np.clip(ev.cosine, -1, 1)), 6), margin=round(ev.margin, 6),
                                       colour=round(ev.colour, 4), colour_margin=round(ev.colour_margin, 4),
-                                      inliers=ev.inliers))
+                                      inliers=ev.inliers, matches=ev.matches))
             results.append(SearchResult(
                 artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution, title=a.title,
                 status=a.status, score=round(j.score, 6), verdict=j.verdict, photo_id=j.photo_id,

@@ -61,7 +61,8 @@ def candidate_rows(pack: Path, cache: Path, settings, encoder) -> list[dict]:
 
 
 def evidence(row: dict) -> Evidence:
-    return Evidence(row["cosine"], row["margin"], row["colour"] or 0.0, row["inliers"], row["colour_margin"] or 0.0)
+    return Evidence(row["cosine"], row["margin"], row["colour"] or 0.0, row["inliers"], row["colour_margin"] or 0.0,
+                    row.get("matches") or 0)
 
 
 def features(rows: list[dict]) -> np.ndarray:
