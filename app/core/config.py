@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     clip_default: str = Field(
         "clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."
     )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="What runs the image encoder: torch, or on CPU an export made by "
+        "`heritage-match models export` (onnx: same vectors as torch; onnx-int8: faster, its own fingerprint)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -45,7 +49,9 @@ class Settings(BaseSettings):
     region_proposals: bool = Field(
         True, description="Also search object regions of the query photo (several objects, clutter)."
     )
-    torch_threads: int | None = Field(None, description="Threads torch may use (default: torch's choice).")
+    torch_threads: int | None = Field(
+        None, description="Threads torch, or ONNX Runtime, may use (default: the runtime's choice)."
+    )
     auth: bool = Field(
         True, description="Require an API key on every endpoint but /healthz and /readyz. false: every "
         "request acts as an admin (a single-user machine only)."
