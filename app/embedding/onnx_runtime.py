@@ -86,6 +86,9 @@ class OnnxImageEncoder(ImageEncoder):
         source = self.meta["source"]
         self.name = source["name"]
         self.dim = int(source["dim"])
+        # The source model's cosine scale, used where the model has no fitted calibration.
+        self.match_threshold = float(meta["match_threshold"])
+        self.possible_threshold = float(meta["possible_threshold"])
         self.threads = threads
         self._session = None
 
@@ -183,6 +186,8 @@ def export_onnx(source: ImageEncoder, model: str, models_dir: Path, int8: bool =
             "source_weights_path": str(Path(source.weights_path()).resolve()),
             "preprocessing": {"size": pre.size, "mode": pre.mode, "mean": list(pre.mean), "std": list(pre.std),
                               "interpolation": pre.interpolation},
+            "match_threshold": source.match_threshold,
+            "possible_threshold": source.possible_threshold,
             "onnx_sha256": _sha256(tmp),
             "opset": OPSET,
             "quantisation": INT8_SETTINGS if int8 else None,
@@ -205,7 +210,8 @@ def export_onnx(source: ImageEncoder, model: str, models_dir: Path, int8: bool =
         log.info("exported %s to %s (cosine to torch >= %.5f)", model, path, cosines.min())
         return meta
     finally:
-        for leftover in (tmp, fp32_tmp):
+        # Loading the temp file for the parity check may have cached its hash beside it.
+        for leftover in (tmp, fp32_tmp, tmp.with_name(tmp.name + ".sha256.json")):
             leftover.unlink(missing_ok=True)
 
 
