@@ -170,7 +170,8 @@ class VectorIndex:
 
 def _accurate_ivf(ids: np.ndarray, vectors: np.ndarray, dim: int):
     """IVF-Flat over ``vectors`` probing enough lists for ANN_MIN_RECALL at 10, or None (stay exact)."""
-    nlist = max(16, round(4 * math.sqrt(len(ids))))  # 100k photos: 1265 lists of about 80
+    # 100k photos: 1265 lists of about 80; FAISS wants 39 training points a list.
+    nlist = max(16, min(round(4 * math.sqrt(len(ids))), len(ids) // 39))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.niter = 10  # enough for list assignment; the recall check below guards the result
     ivf.cp.seed = 1234
