@@ -204,6 +204,7 @@ def export_onnx(source: ImageEncoder, model: str, models_dir: Path, int8: bool =
                 f"below the required {threshold}: not installed."
             )
         os.replace(tmp, path)
+        file_sha256(path)  # leaves the hash cached beside a large file, so the first start does not hash it
         tmp_meta = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta, indent=2))
         os.replace(tmp_meta, sidecar)
