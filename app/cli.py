@@ -255,6 +255,28 @@ def models_fetch(
     console.print(f"fetched: {path}")
 
 
+@models_app.command("export")
+def models_export(
+    int8: bool = typer.Option(False, "--int8", help="Also quantise the weights to int8 (per channel): faster, "
+                              "its own fingerprint, needs HM_RUNTIME=onnx-int8."),
+):
+    """Export the active model (HM_MODEL) to ONNX for HM_RUNTIME=onnx, checked against torch on real photos."""
+    from app.embedding import create_torch_encoder, resolve_model
+    from app.embedding.onnx_runtime import ExportRefused, export_onnx
+
+    settings = get_settings().model_copy(update={"runtime": "torch", "device": "cpu"})
+    model = resolve_model(settings)
+    encoder = create_torch_encoder(settings.model_copy(update={"model": model}))
+    try:
+        meta = export_onnx(encoder, model, settings.models_dir, int8=int8)
+    except ExportRefused as exc:
+        _fail(str(exc))
+    path = settings.models_dir / "onnx"
+    console.print(f"exported {model} ({meta['runtime']}) into {path}/: cosine to torch "
+                  f"{meta['parity']['cosine_min']:.5f} at worst on {meta['parity']['images']} photos. "
+                  f"Use it with HM_RUNTIME={meta['runtime']}.")
+
+
 @app.command()
 def evaluate(
     pack: Path = typer.Argument(..., exists=True, file_okay=False, help="Benchmark pack folder."),

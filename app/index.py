@@ -3,11 +3,20 @@
 Files in the data directory: ``photos.faiss`` and ``photos.faiss.json`` (the manifest: model
 fingerprint, dimension, count, version). The index is derived data: when it is missing or does not
 agree with the database, it is rebuilt from the vectors stored in the database.
+
+Small registries are searched exactly (``IndexIDMap2`` over ``IndexFlatIP``). From
+``ANN_MIN_VECTORS`` photos on, a build makes an IVF-Flat index instead (about 4 sqrt(n) lists, a few
+of them probed): exact distances within the probed lists, and unlike HNSW it removes ids, so deleting
+an artefact stays exact. Each IVF build measures its recall@10 against exact search on sample
+queries, probes more lists until it reaches ``ANN_MIN_RECALL``, and stays flat (with a warning) when
+it cannot.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -24,6 +33,11 @@ from app.storage import atomic_write, file_lock
 faiss.cvar.distance_compute_blas_threshold = 4
 
 INDEX_FILE = "photos.faiss"
+ANN_MIN_VECTORS = 20_000  # below: exact search costs a few ms per query on 2 cores
+ANN_MIN_RECALL = 0.99
+RECALL_SAMPLE = 200
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +55,11 @@ class VectorIndex:
         self.version = version
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
+        self.ann_min_vectors = ANN_MIN_VECTORS
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
 
     @property
     def count(self) -> int:
@@ -51,6 +70,11 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         with self._lock:
+            if isinstance(self._index, faiss.IndexIVF):
+                lists = self._index.invlists
+                parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                         for i in range(lists.nlist) if lists.list_size(i)]
+                return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -62,6 +86,16 @@ class VectorIndex:
             self._index.remove_ids(ids)  # re-adding an id replaces its vector
             self._index.add_with_ids(vectors, ids)
             self.version += 1
+            if self.kind == "flat" and self.ann_min_vectors and self.count >= self.ann_min_vectors:
+                self._grow_into_ivf()
+
+    def _grow_into_ivf(self) -> None:
+        """The registry just reached the IVF size: rebuild from the flat index's own vectors."""
+        flat = faiss.downcast_index(self._index.index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), self.count * self.dim).reshape(self.count, self.dim).copy()
+        ivf = _accurate_ivf(self.ids(), vectors, self.dim)
+        if ivf is not None:
+            self._index = ivf
 
     def remove(self, ids: list[int] | np.ndarray) -> int:
         ids = np.asarray(ids, dtype=np.int64)
@@ -81,6 +115,10 @@ class VectorIndex:
             if k == 0:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
             scores, ids = self._index.search(queries, k)
+            short = np.flatnonzero((ids < 0).any(axis=1))
+            if len(short):  # the probed lists held fewer than k vectors: probe them all (exact)
+                every = faiss.SearchParametersIVF(nprobe=self._index.nlist)
+                scores[short], ids[short] = self._index.search(queries[short], k, params=every)
         return scores, ids
 
     # --- persistence ---------------------------------------------------------------------------
@@ -112,11 +150,56 @@ class VectorIndex:
         return obj
 
     @classmethod
-    def build(cls, fingerprint: str, ids: np.ndarray, vectors: np.ndarray, dim: int, version: int = 0):
+    def build(cls, fingerprint: str, ids: np.ndarray, vectors: np.ndarray, dim: int, version: int = 0,
+              ann_min_vectors: int | None = None):
+        """An index of these vectors: exact while fewer than ``ann_min_vectors``, IVF above when it is accurate."""
         index = cls(fingerprint, dim, version)
+        if ann_min_vectors is not None:
+            index.ann_min_vectors = ann_min_vectors
+        threshold = index.ann_min_vectors
+        ids = np.asarray(ids, dtype=np.int64)
+        if threshold and len(ids) >= threshold:
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), dim)
+            ivf = _accurate_ivf(ids, vectors, dim)
+            if ivf is not None:
+                index._index = ivf
+                return index
         index.add(ids, vectors)
         return index
 
+
+def _accurate_ivf(ids: np.ndarray, vectors: np.ndarray, dim: int):
+    """IVF-Flat over ``vectors`` probing enough lists for ANN_MIN_RECALL at 10, or None (stay exact)."""
+    # 100k photos: 1265 lists of about 80; FAISS wants 39 training points a list.
+    nlist = max(16, min(round(4 * math.sqrt(len(ids))), len(ids) // 39))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter = 10  # enough for list assignment; the recall check below guards the result
+    ivf.cp.seed = 1234
+    ivf.train(vectors[np.random.default_rng(0).permutation(len(vectors))[: nlist * 64]])
+    ivf.add_with_ids(vectors, ids)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids and reconstruct by photo id
+
+    # Sample queries: stored vectors moved off their point (cosine about 0.9), as a new photo of a
+    # registered object is.
+    rng = np.random.default_rng(0)
+    sample = vectors[rng.choice(len(vectors), min(RECALL_SAMPLE, len(vectors)), replace=False)]
+    queries = sample + 0.5 / math.sqrt(dim) * rng.standard_normal(sample.shape).astype(np.float32)
+    queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
+    k = min(10, len(ids))
+    exact = np.argpartition(-(queries @ vectors.T), k - 1, axis=1)[:, :k]
+    truth = [set(ids[row]) for row in exact]
+    nprobe, recall = 8, 0.0
+    while nprobe <= nlist // 8:  # probing more scans too much of the registry to beat flat search
+        ivf.nprobe = nprobe
+        _, found = ivf.search(queries, k)
+        recall = float(np.mean([len(t & set(f)) / k for t, f in zip(truth, found)]))
+        if recall >= ANN_MIN_RECALL:
+            log.info("IVF index over %d vectors: %d lists, %d probed, recall@10 %.3f", len(ids), nlist, nprobe, recall)
+            return ivf
+        nprobe *= 2
+    log.warning("IVF recall@10 %.3f < %.2f over %d vectors probing an eighth of its lists: keeping exact search",
+                recall, ANN_MIN_RECALL, len(ids))
+    return None
 
 
 class SharedIndex:
@@ -128,8 +211,9 @@ class SharedIndex:
     stat, which costs microseconds per search.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, ann_min_vectors: int | None = None):
         self.directory = Path(directory)
+        self.ann_min_vectors = ANN_MIN_VECTORS if ann_min_vectors is None else ann_min_vectors
         self.directory.mkdir(parents=True, exist_ok=True)
         self.current: VectorIndex | None = None
         self._stamp: tuple | None = None
@@ -148,6 +232,7 @@ class SharedIndex:
         if stamp is not None and stamp != self._stamp:
             loaded = VectorIndex.load(self.directory)
             if loaded is not None:
+                loaded.ann_min_vectors = self.ann_min_vectors
                 self.current, self._stamp = loaded, stamp
 
     def get(self) -> VectorIndex | None:

@@ -57,7 +57,7 @@ class MatchingService:
         self.store = RegistryStore(settings.db_url, settings.data_dir / "photos")
         self.encoder = encoder or create_encoder(settings)
         self.device = self.encoder.device
-        self.shared_index = SharedIndex(settings.data_dir)
+        self.shared_index = SharedIndex(settings.data_dir, ann_min_vectors=settings.index_ann_min_vectors)
         self._calibration: Calibration | None = None
         self._hashes: tuple[tuple, np.ndarray, np.ndarray] | None = None
 
@@ -114,13 +114,15 @@ class MatchingService:
                 # Vectors exist only for another model: rebuild that model's index, refuse queries.
                 other = max(stored, key=stored.get)
                 ids, vecs = self.store.vectors(other)
-                return VectorIndex.build(other, ids, vecs, vecs.shape[1])
+                return VectorIndex.build(other, ids, vecs, vecs.shape[1],
+                                         ann_min_vectors=self.settings.index_ann_min_vectors)
             if saved is not None and np.array_equal(np.sort(saved.ids()), self.store.vector_ids(active)):
                 return None  # the usual start: nothing to rebuild, no vector read
             ids, vecs = self.store.vectors(active)
             if saved is not None:
                 log.warning("Index disagrees with the registry (%d vs %d vectors): rebuilding.", saved.count, len(ids))
-            return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved))
+            return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved),
+                                     ann_min_vectors=self.settings.index_ann_min_vectors)
 
         index = self.shared_index.modify(reconcile)
         missing = len(self.store.photos_missing_vectors(active))
@@ -153,7 +155,8 @@ class MatchingService:
                     progress(len(chunk))
         def rebuild(saved: VectorIndex | None) -> VectorIndex:
             ids, vecs = self.store.vectors(active)
-            return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved))
+            return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved),
+                                     ann_min_vectors=self.settings.index_ann_min_vectors)
 
         index = self.shared_index.modify(rebuild)
         missing = len(self.store.photos_missing_vectors(active))

@@ -70,3 +70,21 @@ def test_search_of_a_bad_file_fails_cleanly(cli, tmp_path):
     bad.write_bytes(b"not a photo")
     r = cli("search", str(bad))
     assert r.exit_code == 1 and "not an image" in r.output
+
+
+def test_models_export_then_search_with_the_onnx_runtime(cli, coins, tmp_path, monkeypatch):
+    import random
+
+    r = cli("models", "export")
+    assert r.exit_code == 0, r.output
+    assert "HM_RUNTIME=onnx" in r.output and list((tmp_path / "models" / "onnx").glob("*.onnx"))
+    assert cli("demo", "--if-empty").exit_code == 0  # embedded with torch
+    monkeypatch.setenv("HM_RUNTIME", "onnx")
+    get_settings.cache_clear()
+    query = tmp_path / "q.jpg"
+    query.write_bytes(coin_query(coins[3].image, random.Random(2)))
+    r = cli("search", str(query), "--json", "--top-k", "3")
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.stdout[r.stdout.index("{"):])
+    assert body["results"][0]["inventory_number"] == coins[3].inventory_number
+    assert body["model"]["calibrated"] is True  # fp32 ONNX keeps the shipped calibration of torch's fingerprint

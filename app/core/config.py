@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     clip_default: str = Field(
         "clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."
     )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="What runs the image encoder: torch, or on CPU an export made by "
+        "`heritage-match models export` (onnx: same vectors as torch; onnx-int8: faster, its own fingerprint)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -42,10 +46,16 @@ class Settings(BaseSettings):
         None, description="Calibrated score (0-1) at or above which a result is `possible` "
         "(default: the model's calibration)."
     )
+    index_ann_min_vectors: int = Field(
+        20_000, ge=0, description="Registry photos from which the index is IVF (approximate, recall@10 checked "
+        ">= 0.99 at build) instead of exact flat search; 0 keeps it exact at any size."
+    )
     region_proposals: bool = Field(
         True, description="Also search object regions of the query photo (several objects, clutter)."
     )
-    torch_threads: int | None = Field(None, description="Threads torch may use (default: torch's choice).")
+    torch_threads: int | None = Field(
+        None, description="Threads torch, or ONNX Runtime, may use (default: the runtime's choice)."
+    )
     auth: bool = Field(
         True, description="Require an API key on every endpoint but /healthz and /readyz. false: every "
         "request acts as an admin (a single-user machine only)."

@@ -45,6 +45,26 @@ def resolve_device(settings: Settings) -> str:
 
 
 def create_encoder(settings: Settings) -> ImageEncoder:
+    if settings.runtime != "torch":
+        return _create_onnx_encoder(settings)
+    return create_torch_encoder(settings)
+
+
+def _create_onnx_encoder(settings: Settings) -> ImageEncoder:
+    """The exported model; found from settings alone, so that torch is never imported."""
+    from app.embedding.onnx_runtime import OnnxImageEncoder, has_export
+
+    if settings.device == "cuda":
+        raise ValueError(f"HM_RUNTIME={settings.runtime} runs on CPU; use HM_RUNTIME=torch with HM_DEVICE=cuda.")
+    spec = settings.model.strip()
+    if spec == "auto":  # resolve_model would import open_clip to look for weights: look for exports first
+        exported = [m for m in (settings.clip_default, OFFLINE_MODEL) if has_export(settings.models_dir, m, settings.runtime)]
+        spec = exported[0] if exported else resolve_model(settings)
+    return OnnxImageEncoder.from_models_dir(spec, settings.models_dir, settings.runtime,
+                                            batch_size=settings.batch_size, threads=settings.torch_threads)
+
+
+def create_torch_encoder(settings: Settings) -> ImageEncoder:
     spec = resolve_model(settings)
     device = resolve_device(settings)
     if settings.torch_threads:

@@ -23,17 +23,26 @@ from app.embedding.preprocess import Preprocessing
 log = logging.getLogger(__name__)
 
 
+# Runtimes whose vectors equal torch's (cosine >= 0.9999, checked at export): they share torch's
+# fingerprint, so an index and a calibration stay valid when only the runtime changes.
+EXACT_RUNTIMES = ("torch", "onnx")
+
+
 @dataclass(frozen=True)
 class ModelFingerprint:
     name: str
     weights_sha256: str
     preprocessing: str
     dim: int
+    runtime: str = "torch"
 
     @property
     def id(self) -> str:
-        """Short stable identifier stored beside every vector."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """Short stable identifier stored beside every vector; includes the runtime where outputs differ."""
+        fields = asdict(self)
+        if self.runtime in EXACT_RUNTIMES:
+            del fields["runtime"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return f"{self.name}@{hashlib.sha256(blob).hexdigest()[:12]}"
 
     def as_dict(self) -> dict:
@@ -68,6 +77,10 @@ class ImageEncoder(ABC):
     @abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> (N, dim) float32, not yet normalised."""
+
+    def export_module(self):
+        """The loaded network as one torch module (N, 3, H, W) -> (N, dim), for export to other runtimes."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be exported")
 
     def load(self) -> "ImageEncoder":
         if not self._loaded:

@@ -147,6 +147,10 @@ class ClipEncoder(ImageEncoder):
             raise ValueError(f"model expects {cfg['size']} input, preprocessing gives {self.preprocessing.size}")
         self._visual = model.visual.eval()
 
+    def export_module(self):
+        self.load()
+        return self._visual
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 

@@ -46,11 +46,30 @@ class EfficientNetLiteEncoder(ImageEncoder):
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights_path()))
         self._net = net.eval().to(self.device)
 
+    def export_module(self):
+        import torch
+
+        self.load()
+        net = self._net
+
+        class GemDescriptor(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return gem_pool(self.net.extract_features(x))
+
+        return GemDescriptor().eval()
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            features = self._net.extract_features(x)
-            gem = features.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
-            return gem.float().cpu().numpy()
+            return gem_pool(self._net.extract_features(x)).float().cpu().numpy()
+
+
+def gem_pool(features):
+    """Generalised-mean pooling of a (N, C, H, W) feature map."""
+    return features.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)

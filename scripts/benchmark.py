@@ -1,0 +1,368 @@
+"""Speed of the CPU path, measured in one run, next to the naive pipeline it replaces.
+
+    .venv/bin/python scripts/benchmark.py --json out/benchmark.json
+    .venv/bin/python scripts/benchmark.py --quick            # a short run (the test suite's)
+
+What it measures (CLIP ViT-B-32; with random weights when no real ones are present, since speed does
+not depend on weight values):
+
+- the machine: fp32 matmul GFLOP/s, FLOPs of one image, hence the ceiling in images/s;
+- one 12 MP phone JPEG: naive (full decode, torchvision transforms, eager torch) against the project's
+  search code (``MatchingService.search``: reduced-scale decode, the chosen runtime, index search,
+  verification) on the demo registry, p50 and p95;
+- batch embedding of decoded photos: eager torch, ONNX Runtime fp32 and int8 (and int8's cosine to torch);
+- cold start: a fresh process to a started service and its first embedding, torch against the runtime;
+- search among 10k and 100k (``--sizes``) synthetic clustered vectors: exact flat search against the
+  project's index for that size, time per query and recall@10.
+
+Exports and the random checkpoint are kept in ``--work-dir`` so a second run starts warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.core.config import Settings  # noqa: E402
+
+ARCH = "ViT-B-32"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def timed(fn, repeats: int) -> list[float]:
+    """Wall times in ms of ``repeats`` calls, after one untimed warm-up call."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+def benchmark_model(work_dir: Path) -> tuple[str, bool]:
+    """(HM_MODEL spec, real weights?): the default CLIP when its weights are here, else a random ViT-B-32."""
+    from app.embedding.clip import ClipSpec, find_clip_weights
+
+    settings = Settings()
+    spec = ClipSpec.parse(settings.clip_default)
+    if spec.architecture == ARCH and find_clip_weights(spec, settings.models_dir) is not None:
+        return settings.clip_default, True
+    checkpoint = work_dir / "vit-b-32-random.pt"
+    if not checkpoint.is_file():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_clip_checkpoint.py"), str(checkpoint),
+                        "--arch", ARCH], check=True, stdout=subprocess.DEVNULL)
+    return f"clip:{ARCH}:{checkpoint}", False
+
+
+def ensure_exports(torch_encoder, model: str, models_dir: Path) -> dict:
+    from app.embedding.onnx_runtime import export_onnx, export_paths
+
+    metas = {}
+    for runtime in ("onnx", "onnx-int8"):
+        path, sidecar = export_paths(models_dir, model, runtime)
+        if path.is_file() and sidecar.is_file():
+            metas[runtime] = json.loads(sidecar.read_text())
+        else:
+            metas[runtime] = export_onnx(torch_encoder, model, models_dir, int8=(runtime == "onnx-int8"))
+    return metas
+
+
+# --- the machine ---------------------------------------------------------------------------------
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 matmul rate of torch and NumPy on this machine's threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = min(timed(lambda: torch.mm(a, b), repeats))
+    an, bn = a.numpy(), b.numpy()
+    best = min(best, min(timed(lambda: an @ bn, repeats)))
+    return 2 * n**3 / (best / 1000) / 1e9
+
+
+def image_gflop(visual, size: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # With autograd on: under no_grad attention takes a fused kernel the counter does not see.
+    with FlopCounterMode(display=False) as counter:
+        visual(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def phone_jpeg(seed: int = 0, size=(4032, 3024)) -> bytes:
+    """A 12 MP JPEG with a photo's content and sensor-like noise (a real photograph, upscaled)."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(data.astronaut()).resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16) + rng.normal(0, 4, (size[1], size[0], 3)).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def decoded_photos(count: int) -> list[Image.Image]:
+    """Decoded photos at about twice the model input, as the service decodes them."""
+    from app.embedding.onnx_runtime import parity_images
+
+    base = parity_images()
+    photos = []
+    for i in range(count):
+        img = base[i % len(base)]
+        scale = 448 / min(img.size)
+        photos.append(img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR))
+    return photos
+
+
+def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors in clusters of about 20, like views of related objects (uniform noise is no registry)."""
+    centres = rng.standard_normal((max(1, n // 20), dim)).astype(np.float32)
+    vecs = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+# --- the measurements ----------------------------------------------------------------------------
+
+
+def naive_query(model: str, models_dir: Path, jpeg: bytes, repeats: int) -> list[float]:
+    """Full decode, open_clip's own torchvision transforms, eager torch: what a first version does."""
+    import open_clip
+    import torch
+
+    from app.embedding import create_torch_encoder
+
+    encoder = create_torch_encoder(Settings(model=model, models_dir=models_dir, device="cpu")).load()
+    transform = open_clip.image_transform(encoder.preprocessing.size, is_train=False)
+
+    def run():
+        img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        with torch.no_grad():
+            encoder._visual(transform(img).unsqueeze(0))
+
+    return timed(run, repeats)
+
+
+def project_queries(settings: Settings, jpeg: bytes, repeats: int) -> dict:
+    """``MatchingService.search`` on the demo registry: the API's code path, whole frame and with regions."""
+    from app.demo import seed_demo
+    from app.service import MatchingService
+
+    out = {}
+    for regions in (False, True):
+        service = MatchingService(settings.model_copy(update={"region_proposals": regions})).start()
+        if service.index is None or service.index.count == 0:
+            seed_demo(service)
+        out[regions] = timed(lambda: service.search(jpeg, top_k=5), repeats)
+        service.close()
+    return out
+
+
+def batch_rate(encoder, photos: list[Image.Image]) -> float:
+    encoder.embed(photos[: encoder.batch_size])  # warm-up
+    t = time.perf_counter()
+    encoder.embed(photos)
+    return len(photos) / (time.perf_counter() - t)
+
+
+def cold_start(settings: Settings, runtime: str) -> dict:
+    """A fresh process: import, start the service (model loaded, index reconciled), first embedding."""
+    script = (
+        "import time; t0 = time.perf_counter()\n"
+        "import sys\n"
+        "from app.core.config import Settings\n"
+        "from app.service import MatchingService\n"
+        "from PIL import Image\n"
+        "svc = MatchingService(Settings()).start()\n"
+        "svc.encoder.embed_one(Image.new('RGB', (448, 448), (120, 80, 40)))\n"
+        "print(time.perf_counter() - t0, 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "HM_RUNTIME": runtime, "HM_MODEL": settings.model, "HM_DEVICE": "cpu",
+           "HM_MODELS_DIR": str(settings.models_dir), "HM_DATA_DIR": str(settings.data_dir)}
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t
+    inside, imported_torch = out.stdout.split()[-2:]
+    return {"wall_s": wall, "in_process_s": float(inside), "imports_torch": imported_torch == "True"}
+
+
+def search_at(n: int, dim: int, queries: int, seed: int = 0) -> dict:
+    """Exact flat search against the project's index for ``n`` vectors: ms per query, recall@10."""
+    import faiss
+
+    from app.index import VectorIndex
+
+    rng = np.random.default_rng(seed)
+    vecs = clustered_vectors(n, dim, rng)
+    picks = rng.integers(0, n, queries)
+    # Each query a stored vector moved off its point (cosine about 0.9), as a new photo of a registered object.
+    q = vecs[picks] + 0.5 / np.sqrt(dim) * rng.standard_normal((queries, dim)).astype(np.float32)
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(vecs)
+    t = time.perf_counter()
+    for row in q:
+        exact.search(row[None], 10)
+    exact_ms = (time.perf_counter() - t) * 1000 / queries
+    _, truth = exact.search(q, 10)
+
+    t = time.perf_counter()
+    index = VectorIndex.build("benchmark", np.arange(n, dtype=np.int64), vecs, dim)
+    build_s = time.perf_counter() - t
+    got = np.zeros_like(truth)
+    t = time.perf_counter()
+    for i, row in enumerate(q):
+        _, ids = index.search(row[None], 10)
+        got[i] = ids[0]
+    ms = (time.perf_counter() - t) * 1000 / queries
+    recall = float(np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, truth)]))
+    return {"vectors": n, "index": index.kind, "build_s": build_s, "ms_per_query": ms, "exact_ms_per_query": exact_ms,
+            "recall_at_10": recall}
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    import torch
+
+    from app.embedding import create_encoder, create_torch_encoder
+
+    work_dir = args.work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    models_dir = work_dir / "models"
+    model, real_weights = benchmark_model(work_dir)
+    base = Settings(model=model, models_dir=models_dir, data_dir=work_dir / "data", device="cpu")
+    repeats, photos_n = (3, 8) if args.quick else (args.repeats, 64)
+
+    torch_encoder = create_torch_encoder(base).load()
+    metas = ensure_exports(torch_encoder, model, models_dir)
+    fp32 = create_encoder(base.model_copy(update={"runtime": "onnx"})).load()
+    int8 = create_encoder(base.model_copy(update={"runtime": "onnx-int8"})).load()
+    project = base.model_copy(update={"runtime": args.runtime})
+
+    r: dict = {"model": model, "real_weights": real_weights, "runtime": args.runtime, "threads": torch.get_num_threads(),
+               "cpus": os.cpu_count(), "quick": args.quick}
+    gflops = matmul_gflops(1024 if args.quick else 2048)
+    per_image = image_gflop(torch_encoder._visual, torch_encoder.preprocessing.size)
+    r.update(matmul_gflops=gflops, gflop_per_image=per_image, ceiling_img_per_s=gflops / per_image)
+
+    jpeg = phone_jpeg()
+    naive = naive_query(model, models_dir, jpeg, repeats)
+    queries = project_queries(project, jpeg, repeats)
+    r.update(
+        query_jpeg_megapixels=12.2, query_jpeg_bytes=len(jpeg),
+        naive_query_latency_ms_p50=percentile(naive, 50),
+        query_latency_ms_p50=percentile(queries[False], 50), query_latency_ms_p95=percentile(queries[False], 95),
+        query_with_regions_latency_ms_p50=percentile(queries[True], 50),
+        query_with_regions_latency_ms_p95=percentile(queries[True], 95),
+    )
+
+    photos = decoded_photos(photos_n)
+    for enc in (torch_encoder, fp32, int8):
+        enc.batch_size = 32
+    r["torch_batch_img_per_s"] = batch_rate(torch_encoder, photos)
+    r["batch_img_per_s"] = batch_rate(fp32, photos)
+    r["int8_img_per_s"] = batch_rate(int8, photos)
+    reference = torch_encoder.embed(photos)
+    r["fp32_cosine_min"] = float(np.sum(reference * fp32.embed(photos), axis=1).min())
+    r["int8_cosine_min"] = float(min(np.sum(reference * int8.embed(photos), axis=1).min(),
+                                     metas["onnx-int8"]["parity"]["cosine_min"]))
+
+    torch_start = cold_start(base.model_copy(update={"data_dir": work_dir / "cold-torch"}), "torch")
+    project_start = cold_start(project.model_copy(update={"data_dir": work_dir / "cold-project"}), args.runtime)
+    r.update(naive_cold_start_s=torch_start["wall_s"], cold_start_s=project_start["wall_s"],
+             cold_start_imports_torch=project_start["imports_torch"])
+
+    r["search"] = [search_at(n, torch_encoder.dim, 50 if args.quick else 200) for n in args.sizes]
+    for s in r["search"]:
+        if s["vectors"] == 100_000:
+            r["search_ms_100k"], r["search_recall_at_10_100k"] = s["ms_per_query"], s["recall_at_10"]
+    r.setdefault("search_ms_100k", None)  # --sizes without 100000 (e.g. --quick): not measured
+    r.setdefault("search_recall_at_10_100k", None)
+
+    r["ratios"] = {
+        "query_speed-up": r["naive_query_latency_ms_p50"] / r["query_latency_ms_p50"],
+        "batch_of_ceiling": r["batch_img_per_s"] / r["ceiling_img_per_s"],
+        "int8_over_fp32": r["int8_img_per_s"] / r["batch_img_per_s"],
+        "cold_start_speed-up": r["naive_cold_start_s"] / r["cold_start_s"],
+    }
+    return r
+
+
+def table(r: dict) -> str:
+    rows = [
+        ("machine: fp32 matmul", f"{r['matmul_gflops']:.1f} GFLOP/s on {r['threads']} threads"),
+        ("ViT-B-32 image", f"{r['gflop_per_image']:.2f} GFLOP -> ceiling {r['ceiling_img_per_s']:.1f} img/s"),
+        ("12 MP query, naive p50", f"{r['naive_query_latency_ms_p50']:.0f} ms"),
+        (f"12 MP query, search code ({r['runtime']}) p50 / p95",
+         f"{r['query_latency_ms_p50']:.0f} / {r['query_latency_ms_p95']:.0f} ms "
+         f"({r['ratios']['query_speed-up']:.1f}x faster)"),
+        ("  with region proposals p50 / p95",
+         f"{r['query_with_regions_latency_ms_p50']:.0f} / {r['query_with_regions_latency_ms_p95']:.0f} ms"),
+        ("batch, eager torch", f"{r['torch_batch_img_per_s']:.1f} img/s"),
+        ("batch, ONNX fp32", f"{r['batch_img_per_s']:.1f} img/s ({r['ratios']['batch_of_ceiling']:.0%} of ceiling, "
+                             f"cosine {r['fp32_cosine_min']:.5f})"),
+        ("batch, ONNX int8", f"{r['int8_img_per_s']:.1f} img/s ({r['ratios']['int8_over_fp32']:.2f}x fp32, "
+                             f"cosine {r['int8_cosine_min']:.4f})"),
+        ("cold start to first embedding, torch", f"{r['naive_cold_start_s']:.2f} s"),
+        (f"cold start to first embedding, {r['runtime']}",
+         f"{r['cold_start_s']:.2f} s (torch imported: {r['cold_start_imports_torch']})"),
+    ]
+    for s in r["search"]:
+        rows.append((f"search {s['vectors']:,} vectors ({s['index']})",
+                     f"{s['ms_per_query']:.2f} ms/query, recall@10 {s['recall_at_10']:.3f} "
+                     f"(exact flat {s['exact_ms_per_query']:.2f} ms; built in {s['build_s']:.1f} s)"))
+    width = max(len(a) for a, _ in rows)
+    head = f"model {r['model']} ({'real' if r['real_weights'] else 'random'} weights), {r['cpus']} CPUs"
+    return "\n".join([head] + [f"{a:<{width}}  {b}" for a, b in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="Also write the figures to this file.")
+    parser.add_argument("--quick", action="store_true", help="Few repeats, 8 photos, search at 10k only.")
+    parser.add_argument("--runtime", default="onnx", choices=["torch", "onnx", "onnx-int8"],
+                        help="The project's runtime for the query and cold-start figures.")
+    parser.add_argument("--repeats", type=int, default=20, help="Timed queries per pipeline.")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="Registry sizes for the search figures (default 10000,100000; --quick 10000).")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "heritage-match-benchmark",
+                        help="Keeps the random checkpoint, exports and demo registry between runs.")
+    args = parser.parse_args()
+    if args.sizes is None:
+        args.sizes = [10_000] if args.quick else [10_000, 100_000]
+    result = run(args)
+    print(table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
