@@ -6,7 +6,7 @@ search hits -> ``aggregate_by_artefact`` -> ``gather_evidence`` (colour, geometr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,16 +19,6 @@ from app.signatures import VisualSignature
 # one far down it) while spending most of its time where the right answer usually is.
 PHOTOS_VERIFIED_PER_ARTEFACT = 2
 DEEP_VERIFIED = 16
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    match: float
-    possible: float
-
-    def __post_init__(self):
-        if self.possible > self.match:
-            raise ValueError("the `possible` threshold must not exceed the `match` threshold")
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,6 @@ class Judged:
     photo_id: int  # the registry photo that supports the verdict best
     box: tuple[int, int, int, int] | None = None  # where in the query the artefact was found
     exact_reuse: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def aggregate_by_artefact(
@@ -93,6 +82,15 @@ def margins(cosines: list[float], background: float) -> list[float]:
     return out
 
 
+def photos_to_check(candidates: list[Candidate], verify: int) -> list[tuple[int, ...]]:
+    """Per candidate, the registry photos whose evidence is compared with the query's."""
+    out = []
+    for i, c in enumerate(candidates):
+        per_artefact = PHOTOS_VERIFIED_PER_ARTEFACT if i < min(verify, DEEP_VERIFIED) else 1
+        out.append(c.photo_ids[:per_artefact] or (c.photo_id,))
+    return out
+
+
 def gather_evidence(
     query: VisualSignature, candidates: list[Candidate], photos: dict[int, PhotoEvidence],
     calibration: Calibration, verify: int,
@@ -102,10 +100,8 @@ def gather_evidence(
     Returns, per candidate: its evidence, the photo that supports it best, and the geometry.
     """
     found = []
-    for i, c in enumerate(candidates):
+    for i, (c, checked) in enumerate(zip(candidates, photos_to_check(candidates, verify))):
         best_photo, geometry, colour, matches = c.photo_id, NO_GEOMETRY, 0.0, 0
-        per_artefact = PHOTOS_VERIFIED_PER_ARTEFACT if i < DEEP_VERIFIED else 1
-        checked = (c.photo_ids[:per_artefact] or (c.photo_id,)) if i < verify else (c.photo_id,)
         for pid in checked:
             ref = photos.get(pid)
             if ref is None:
@@ -138,11 +134,3 @@ def judge(candidates: list[Candidate], evidence: list[tuple[Evidence, int, Geome
         judged.append(Judged(c, ev, score, calibration.verdict(score), photo_id, box))
     judged.sort(key=lambda j: (-j.score, -j.evidence.cosine, j.candidate.artefact_id))
     return judged
-
-
-def verdict_for(score: float, thresholds: Thresholds) -> str:
-    if score >= thresholds.match:
-        return "match"
-    if score >= thresholds.possible:
-        return "possible"
-    return "no_match"

@@ -22,7 +22,9 @@ from app.imaging import DecodedImage, decode_image
 from app.index import SharedIndex, VectorIndex
 from app.calibration import Calibration, Evidence, load_calibration
 from app.local_features import LocalFeatures
-from app.matching import Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge
+from app.matching import (
+    Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, photos_to_check,
+)
 from app.regions import Box, crop, full_frame, propose_regions
 from app.signatures import VisualSignature, colour_from_bytes, compute_signature, hamming
 from app.registry.models import Artefact, Photo
@@ -308,7 +310,7 @@ class MatchingService:
         region_of = np.repeat(np.arange(len(boxes)), ids.shape[1])
         owner = self.store.photo_owner_map(sorted({int(i) for i in ids.ravel() if i >= 0}))
         candidates = aggregate_by_artefact(scores.ravel(), ids.ravel(), owner, wanted, region_of)
-        photo_ids = sorted({p for c in candidates for p in (c.photo_ids[:2] or (c.photo_id,))})
+        photo_ids = sorted({p for checked in photos_to_check(candidates, VERIFIED_CANDIDATES) for p in checked})
         evidence = gather_evidence(signature, candidates, self.photo_evidence(photo_ids), self.calibration,
                                    VERIFIED_CANDIDATES)
         return judge(candidates, evidence, self.calibration, [b.as_tuple() for b in boxes])[:top_k]
