@@ -327,3 +327,23 @@ def test_local_engine_keeps_a_bounded_number_of_groups_in_flight(dump, registry,
     engine.run(endless_groups(), open_dump(dump, 10**7).source, cfg, 5, "possible", lambda r: emitted.append(r.number))
     assert emitted == list(range(12))
     assert max(most_ahead) <= 3  # the group being searched plus two decoding ahead
+
+
+def test_ray_actor_loads_the_model_once_for_the_whole_scan(dump, registry, tmp_path, monkeypatch):
+    """Many small groups through one actor: one model load for the scan, not one per block."""
+    ray = pytest.importorskip("ray")
+    from app.scan import runner
+    from app.scan.ray_engine import RayEngine
+
+    engines = []
+    real_engine = runner._engine
+    monkeypatch.setattr(runner, "_engine", lambda *a: engines.append(real_engine(*a)) or engines[-1])
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+             log_to_driver=False)
+    try:
+        summary = run_scan(ScanOptions(dump=dump, out=tmp_path / "ray", engine="ray", group_size=2), registry)
+    finally:
+        ray.shutdown()
+    assert summary.status == "finished" and summary.listings > 4  # several groups went through
+    assert isinstance(engines[0], RayEngine)
+    assert len(engines[0].model_loads) == 1

@@ -19,7 +19,7 @@ from app.scan.fetch import FetchPolicy
 from app.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, finalize_rows
 from app.scan.reader import DumpError, open_dump
 from app.scan.report import write_report
-from app.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, groups
+from app.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, GroupStream
 
 REPORT = "report.html"
 GROUP_SIZE = 16  # listings per group: one search batch, one checkpoint step
@@ -161,8 +161,9 @@ def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -
         progress.advance(stats.listings + stats.row_errors, stats.images)
 
     try:
-        engine.run(groups(dump.items(), options.group_size, done), dump.source, cfg, top_k, options.min_verdict,
-                   emit)
+        todo = GroupStream(Path(options.dump).resolve(), settings.max_upload_bytes, options.group_size,
+                           frozenset(done))
+        engine.run(todo, dump.source, cfg, top_k, options.min_verdict, emit)
     finally:
         outputs.close()
         checkpoint.close()

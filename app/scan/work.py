@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from app.errors import AppError
 from app.imaging import DecodedImage, decode_image, thumbnail_jpeg
 from app.scan.fetch import FetchPolicy, fetch
-from app.scan.reader import Listing, RowError
+from app.scan.reader import Listing, RowError, open_dump
 from app.scan.sources import ImageUnavailable, has_scheme, is_url
 
 VERDICT_RANK = {"no_match": 0, "possible": 1, "match": 2}
@@ -82,6 +83,20 @@ def groups(items: Iterable[Listing | RowError], group_size: int, done: set[int])
         current.items.append(item)
     if current is not None:
         yield current
+
+
+@dataclass(frozen=True)
+class GroupStream:
+    """The groups of a dump still to do, re-readable anywhere: it holds the dump's path, not its rows,
+    so it pickles small and a Ray read task streams the dump itself."""
+
+    dump: Path
+    max_bytes: int
+    group_size: int
+    done: frozenset[int]
+
+    def __iter__(self) -> Iterator[Group]:
+        return groups(open_dump(self.dump, self.max_bytes).items(), self.group_size, set(self.done))
 
 
 def read_image(source, ref: str, cfg: DecodeConfig) -> bytes:
