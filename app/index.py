@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -114,7 +115,8 @@ class VectorIndex:
             k = min(k, self.count)
             if k == 0:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-            scores, ids = self._index.search(queries, k)
+            with _one_thread_if_small(self.count * len(queries)):
+                scores, ids = self._index.search(queries, k)
             short = np.flatnonzero((ids < 0).any(axis=1))
             if len(short):  # the probed lists held fewer than k vectors: probe them all (exact)
                 every = faiss.SearchParametersIVF(nprobe=self._index.nlist)
@@ -250,3 +252,23 @@ class SharedIndex:
                 new.save(self.directory)
                 self.current, self._stamp = new, self._disk_stamp()
             return self.current
+
+
+# Below this many vector comparisons a search takes microseconds on one thread, while waking
+# OpenMP's threads costs milliseconds whenever the other cores are busy (p90 0.005 ms on one thread
+# against 12 ms on two, measured with 24 vectors on the loaded 2-core machine).
+SMALL_SEARCH = 200_000
+
+
+@contextmanager
+def _one_thread_if_small(comparisons: int):
+    if comparisons >= SMALL_SEARCH:
+        yield
+        return
+    # omp_set_num_threads sets the calling thread's own value: concurrent searches do not interfere.
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.calibration import Calibration, Evidence
-from app.local_features import NO_GEOMETRY, GeometryResult, LocalFeatures, verify_geometry
+from app.local_features import NO_GEOMETRY, GeometryResult, LocalFeatures, single_threaded_blas, verify_geometry
 from app.signatures import VisualSignature
 
 # The first candidates are verified against their two best photos, the rest against their best one:
@@ -100,19 +100,20 @@ def gather_evidence(
     Returns, per candidate: its evidence, the photo that supports it best, and the geometry.
     """
     found = []
-    for i, (c, checked) in enumerate(zip(candidates, photos_to_check(candidates, verify))):
-        best_photo, geometry, colour, matches = c.photo_id, NO_GEOMETRY, 0.0, 0
-        for pid in checked:
-            ref = photos.get(pid)
-            if ref is None:
-                continue
-            colour = max(colour, float(np.dot(query.colour, ref.colour)))
-            if i < verify:
-                g = verify_geometry(query.features, ref.features)
-                matches = max(matches, g.matches)
-                if g.inliers > geometry.inliers:
-                    best_photo, geometry = pid, g
-        found.append((colour, best_photo, geometry, matches))
+    with single_threaded_blas():
+        for i, (c, checked) in enumerate(zip(candidates, photos_to_check(candidates, verify))):
+            best_photo, geometry, colour, matches = c.photo_id, NO_GEOMETRY, 0.0, 0
+            for pid in checked:
+                ref = photos.get(pid)
+                if ref is None:
+                    continue
+                colour = max(colour, float(np.dot(query.colour, ref.colour)))
+                if i < verify:
+                    g = verify_geometry(query.features, ref.features)
+                    matches = max(matches, g.matches)
+                    if g.inliers > geometry.inliers:
+                        best_photo, geometry = pid, g
+            found.append((colour, best_photo, geometry, matches))
     cosine_margins = margins([c.score for c in candidates], calibration.background_cosine)
     colour_margins = margins([f[0] for f in found], 0.0)
     return [

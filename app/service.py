@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from app.errors import AppError, IndexModelMismatch
 from app.imaging import DecodedImage, decode_image
 from app.index import SharedIndex, VectorIndex
 from app.calibration import Calibration, Evidence, load_calibration
-from app.local_features import LocalFeatures
+from app.local_features import LocalFeatures, extract_features
 from app.matching import (
     Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, photos_to_check,
 )
@@ -34,6 +35,8 @@ from app.schemas import (
 )
 
 log = logging.getLogger(__name__)
+
+_FEATURE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hm-keypoints")
 
 # How many photo hits to pull per requested artefact: an artefact may have several photos.
 HITS_PER_RESULT = 10
@@ -277,14 +280,18 @@ class MatchingService:
         if not decoded:
             return []
         k = top_k or self.settings.top_k
-        signatures = [compute_signature(d.image) for d in decoded]
+        signatures = [compute_signature(d.image, features=False) for d in decoded]
         judged: list[list[Judged] | None] = [self._exact_reuse(sig, k) or None for sig in signatures]
         regions = {i: self._regions(decoded[i]) for i, j in enumerate(judged) if j is None}
+        # The query's keypoints are extracted in another thread while the model embeds: both release
+        # the GIL, and on a CPU the embedding rarely keeps every core busy.
+        features = {i: _FEATURE_THREADS.submit(extract_features, decoded[i].image) for i in regions}
         crops = [crop(decoded[i].image, box) if n else decoded[i].image
                  for i, boxes in regions.items() for n, box in enumerate(boxes)]
         vectors = self.encoder.embed(crops) if crops else np.zeros((0, self.encoder.dim), np.float32)
         start = 0
         for i, boxes in regions.items():
+            signatures[i].features = features[i].result()
             judged[i] = self._search_regions(vectors[start:start + len(boxes)], boxes, signatures[i], k, idx)
             start += len(boxes)
         model = self.model_info()

@@ -33,7 +33,7 @@ MIN_SATURATION, MIN_VALUE = 48, 40
 class VisualSignature:
     phash: int  # 64-bit perceptual hash as a signed int64 (fits SQLite INTEGER)
     colour: np.ndarray  # (HUE_BINS * SAT_BINS + GREY_BINS,) float32, unit L2 norm
-    features: LocalFeatures
+    features: LocalFeatures | None = None  # None until extracted: a re-used registry photo needs none
 
     def colour_bytes(self) -> bytes:
         return self.colour.astype(np.float16).tobytes()
@@ -62,8 +62,9 @@ def colour_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float16).astype(np.float32)
 
 
-def compute_signature(image: Image.Image) -> VisualSignature:
-    return VisualSignature(perceptual_hash(image), colour_signature(image), extract_features(image))
+def compute_signature(image: Image.Image, features: bool = True) -> VisualSignature:
+    return VisualSignature(perceptual_hash(image), colour_signature(image),
+                           extract_features(image) if features else None)
 
 
 def hamming(a: int, b: np.ndarray | int) -> np.ndarray:
