@@ -37,6 +37,9 @@ class DecodedImage:
     format: str
     width: int  # of the original, after orientation
     height: int
+    # The model-independent part of a search (``app.signatures.PhotoAnalysis``), when a decode
+    # worker already computed it: scans do it beside decoding, off the process that embeds.
+    analysis: object | None = None
 
 
 def sha256_hex(data: bytes) -> str:

@@ -27,7 +27,7 @@ from app.matching import (
     Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, photos_to_check,
 )
 from app.regions import Box, crop, full_frame, propose_regions
-from app.signatures import VisualSignature, colour_from_bytes, compute_signature, hamming
+from app.signatures import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
 from app.schemas import (
@@ -280,18 +280,22 @@ class MatchingService:
         if not decoded:
             return []
         k = top_k or self.settings.top_k
-        signatures = [compute_signature(d.image, features=False) for d in decoded]
+        analyses: list[PhotoAnalysis | None] = [d.analysis for d in decoded]
+        signatures = [a.signature if a else compute_signature(d.image, features=False)
+                      for a, d in zip(analyses, decoded)]
         judged: list[list[Judged] | None] = [self._exact_reuse(sig, k) or None for sig in signatures]
-        regions = {i: self._regions(decoded[i]) for i, j in enumerate(judged) if j is None}
+        regions = {i: self._regions(decoded[i], analyses[i]) for i, j in enumerate(judged) if j is None}
         # The query's keypoints are extracted in another thread while the model embeds: both release
         # the GIL, and on a CPU the embedding rarely keeps every core busy.
-        features = {i: _FEATURE_THREADS.submit(extract_features, decoded[i].image) for i in regions}
+        features = {i: _FEATURE_THREADS.submit(extract_features, decoded[i].image)
+                    for i in regions if signatures[i].features is None}
         crops = [crop(decoded[i].image, box) if n else decoded[i].image
                  for i, boxes in regions.items() for n, box in enumerate(boxes)]
         vectors = self.encoder.embed(crops) if crops else np.zeros((0, self.encoder.dim), np.float32)
         start = 0
         for i, boxes in regions.items():
-            signatures[i].features = features[i].result()
+            if i in features:
+                signatures[i].features = features[i].result()
             judged[i] = self._search_regions(vectors[start:start + len(boxes)], boxes, signatures[i], k, idx)
             start += len(boxes)
         model = self.model_info()
@@ -304,10 +308,14 @@ class MatchingService:
             for d, j in zip(decoded, judged)
         ]
 
-    def _regions(self, decoded: DecodedImage) -> list[Box]:
+    def _regions(self, decoded: DecodedImage, analysis: PhotoAnalysis | None = None) -> list[Box]:
         """The whole frame first, then object proposals (several objects, clutter)."""
         frame = full_frame(decoded.image)
-        return [frame] + (propose_regions(decoded.image) if self.settings.region_proposals else [])
+        if not self.settings.region_proposals:
+            return [frame]
+        if analysis is not None and analysis.proposals is not None:
+            return [frame] + analysis.proposals
+        return [frame] + propose_regions(decoded.image)
 
     def _search_regions(self, vectors: np.ndarray, boxes: list[Box], signature: VisualSignature, top_k: int,
                         idx: VectorIndex) -> list[Judged]:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from app.local_features import LocalFeatures, extract_features
+from app.regions import Box, propose_regions
 
 # Bump when any signature changes meaning: stored signatures of an older version are recomputed.
 SIGNATURE_VERSION = 2
@@ -71,3 +72,16 @@ def hamming(a: int, b: np.ndarray | int) -> np.ndarray:
     """Bit distance between one hash and many (int64 arrays)."""
     x = np.bitwise_xor(np.int64(a), np.asarray(b, dtype=np.int64)).view(np.uint64)
     return np.bitwise_count(x)
+
+
+@dataclass
+class PhotoAnalysis:
+    """What a search needs of a query photo besides its embedding. It does not depend on the model,
+    so a scan's decode workers compute it in parallel with the embedding of earlier photos."""
+
+    signature: VisualSignature  # with its local features
+    proposals: list[Box] | None  # object regions besides the whole frame; None when not wanted
+
+
+def analyse_photo(image: Image.Image, proposals: bool) -> PhotoAnalysis:
+    return PhotoAnalysis(compute_signature(image), propose_regions(image) if proposals else None)

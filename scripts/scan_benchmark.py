@@ -6,9 +6,12 @@ data directory, then measures
 
 1. raw embedding: the model's forward pass alone on already decoded, already preprocessed tensors;
 2. the search path alone (``search_images``: regions, embedding, search, verification) on photos
-   decoded beforehand, the ceiling for any scan with this search path;
-3. the scan: ``heritage-match scan`` end to end (read, draft decode in worker processes, region
-   proposals, embedding, search, verification, writing), timed from start to the last output;
+   decoded beforehand;
+3. the CPU time per photo of each stage (decode, analysis: signature, keypoints and proposals,
+   search with its embeddings, and the bare embedding), whose ratio bounds what a scan on a machine
+   with every core busy can reach of the raw embedding throughput;
+4. the scan: ``heritage-match scan`` end to end (read, draft decode and analysis in worker
+   processes, embedding, search, verification, writing), timed from start to the last output;
 
 and prints them with the ratios scan / raw embedding and scan / search path. The photos are deleted afterwards (``--keep`` keeps them).
 
@@ -103,6 +106,43 @@ def search_only(service, dump: Path, n: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def cpu_costs(service, dump: Path, n: int = 32) -> dict:
+    """CPU time per photo (all threads of this process, so other load hardly counts) of each stage.
+
+    A scan must spend all of it per photo, on whatever cores it has; the embedding alone is what the
+    raw throughput spends. Their ratio bounds the scan's share of the raw embedding throughput when
+    both keep every core busy, whatever overlaps with what.
+    """
+    import dataclasses
+
+    from app.signatures import analyse_photo
+
+    paths = sorted(dump.glob("*.jpg"))[:n]
+    datas = [p.read_bytes() for p in paths]
+    enc = service.encoder
+    t = time.process_time()
+    decoded = [service.decode(d) for d in datas]
+    decode = (time.process_time() - t) / n
+    t = time.process_time()
+    analysed = [dataclasses.replace(d, analysis=analyse_photo(d.image, service.settings.region_proposals))
+                for d in decoded]
+    analysis = (time.process_time() - t) / n
+    tensors = enc.preprocessing.batch([d.image for d in decoded[: enc.batch_size]])
+    enc._forward(tensors)  # warm-up
+    t = time.process_time()
+    for _ in range(max(1, n // len(tensors))):
+        enc._forward(tensors)
+    embedding = (time.process_time() - t) / (max(1, n // len(tensors)) * len(tensors))
+    t = time.process_time()
+    for start in range(0, n, 16):
+        service.search_images(analysed[start:start + 16])
+    search = (time.process_time() - t) / n
+    total = decode + analysis + search
+    return {"decode_cpu_ms": round(decode * 1000, 1), "analysis_cpu_ms": round(analysis * 1000, 1),
+            "search_cpu_ms": round(search * 1000, 1), "embedding_cpu_ms": round(embedding * 1000, 1),
+            "scan_cpu_ms": round(total * 1000, 1), "ratio_bound": round(embedding / total, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=500)
@@ -143,6 +183,8 @@ def main() -> None:
         print(f"raw embedding: {raw:.1f} images/s ({service.encoder.name}, batch {service.encoder.batch_size})")
         searched = search_only(service, dump, max(32, args.images // 4))
         print(f"search path on decoded photos: {searched:.1f} images/s")
+        costs = cpu_costs(service, dump)
+        print("CPU per photo: " + ", ".join(f"{k} {v}" for k, v in costs.items()))
         summary = run_scan(ScanOptions(dump=dump, out=tmp / "out", workers=args.workers), settings, service=service)
         service.close()
         ratio = summary.images_per_s / raw
@@ -154,6 +196,7 @@ def main() -> None:
             "search_only_images_per_s": round(searched, 2),
             "scan_wall_s": summary.wall_s, "ratio": round(ratio, 3),
             "ratio_to_search_only": round(summary.images_per_s / searched, 3),
+            "cpu_per_photo": costs,
         }
         print(f"scan: {summary.images_per_s:.1f} images/s end to end ({summary.images} images in {summary.wall_s:.1f} s)")
         print(f"ratio scan / raw embedding: {ratio:.1%}; scan / search path on decoded photos: "

@@ -140,3 +140,25 @@ def test_a_reused_registry_photo_is_found_by_its_hash_alone(service):
     response = service.search(jpeg_bytes(copy, quality=40))
     assert [r.inventory_number for r in response.results] == ["A-2"]
     assert response.results[0].evidence.exact_reuse and response.results[0].verdict == "match"
+
+
+def test_an_analysis_computed_beforehand_gives_the_same_answer(service, coins):
+    """Scans analyse photos (signature, keypoints, proposals) in their decode workers: same results."""
+    import dataclasses
+    import random
+
+    from app.signatures import analyse_photo
+    from tests.conftest import coin_query
+
+    for i, crop in enumerate(coins[:6]):
+        service.register_artefact({"inventory_number": f"C-{i}"}, [PhotoInput(jpeg_bytes(crop.image))])
+    rng = random.Random(5)
+    queries = [service.decode(coin_query(c.image, rng)) for c in coins[:6]] + [service.decode(jpeg_bytes(random_photo(9)))]
+    analysed = [dataclasses.replace(d, analysis=analyse_photo(d.image, proposals=True)) for d in queries]
+
+    def answers(responses):
+        return [[r.model_dump() for r in resp.results] for resp in responses]
+
+    plain = answers(service.search_images(queries, top_k=5))
+    assert plain == answers(service.search_images(analysed, top_k=5))
+    assert [a[0]["inventory_number"] for a in plain[:6]] == [f"C-{i}" for i in range(6)]

@@ -147,7 +147,8 @@ def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> 
 
 def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -> int:
     cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=2 * service.encoder.preprocessing.size,
-                       fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes))
+                       fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes),
+                       proposals=settings.region_proposals)
     engine = _engine(options, settings, service)
     outputs = ScanOutputs(options.out)
     images = 0

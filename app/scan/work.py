@@ -8,7 +8,7 @@ or not, local or on Ray, embeds exactly the same batches and writes the same num
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -17,6 +17,7 @@ from app.imaging import DecodedImage, decode_image, thumbnail_jpeg
 from app.scan.fetch import FetchPolicy, fetch
 from app.scan.reader import Listing, RowError, open_dump
 from app.scan.sources import ImageUnavailable, has_scheme, is_url
+from app.signatures import analyse_photo
 
 VERDICT_RANK = {"no_match": 0, "possible": 1, "match": 2}
 THUMB_SIDE = 256
@@ -27,6 +28,10 @@ class DecodeConfig:
     max_pixels: int
     min_side: int
     fetch: FetchPolicy
+    # Also compute the photo's model-independent analysis (signature, keypoints, proposals) in the
+    # decode worker, so the process that embeds does less; ``proposals`` follows HM_REGION_PROPOSALS.
+    analyse: bool = True
+    proposals: bool = True
 
 
 @dataclass
@@ -111,7 +116,10 @@ def decode_ref(source, ref: str, cfg: DecodeConfig) -> tuple[DecodedImage | None
     """Read and decode one listing photo; never raises (a worker must not die of one bad photo)."""
     try:
         data = read_image(source, ref, cfg)
-        return decode_image(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side), None
+        decoded = decode_image(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
+        if cfg.analyse:
+            decoded = replace(decoded, analysis=analyse_photo(decoded.image, cfg.proposals))
+        return decoded, None
     except ImageUnavailable as exc:
         return None, str(exc)
     except AppError as exc:
