@@ -35,9 +35,15 @@ from app.embedding import create_encoder  # noqa: E402
 from app.evaluate import evaluate_pack  # noqa: E402
 from app.service import VERIFIED_CANDIDATES  # noqa: E402
 
-# Share of wrong first answers allowed to reach `match` on the fitting data: half the product's
-# 1% target, so that packs the fit has not seen keep under it.
-TARGET_FALSE_MATCH = 0.005
+# Share of wrong first answers allowed to reach `match` on the fitting data: none. A 0.5% allowance
+# let one unregistered coin of 40 through on the coins' pack; packs the fit has not seen fare worse.
+TARGET_FALSE_MATCH = 0.0
+# The fit sees each query's nearest candidates by embedding only (not by an earlier fit's score, so
+# a refit does not depend on the last one). Verdicts are decided among them; the far ones (6th to
+# 32nd) are easy negatives that, weighted as much, pull the fit toward separating easy cases.
+# Measured with --cross-check: the nearest 3, 5 or 8 all give a held-out false-match rate of 0.0 on
+# every pack, against 0.10 on coil100-views when all 32 are fitted.
+FIT_NEAREST = 5
 # Share of right first answers that must be at least `possible`.
 POSSIBLE_RECALL = 0.99
 
@@ -69,6 +75,14 @@ def features(rows: list[dict]) -> np.ndarray:
     return np.array([[evidence(r).vector()[k] for k in FEATURES] for r in rows], dtype=np.float64)
 
 
+def nearest(rows: list[dict], n: int) -> list[dict]:
+    """Each query's ``n`` candidates of highest cosine."""
+    by_query: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_query.setdefault((r["pack"], r["query"]), []).append(r)
+    return [c for cands in by_query.values() for c in sorted(cands, key=lambda c: -c["cosine"])[:n]]
+
+
 def fit(rows: list[dict]) -> tuple[dict[str, float], float]:
     """Logistic regression on standardised evidence with non-negative weights, folded back to
     weights on the raw evidence.
@@ -79,7 +93,7 @@ def fit(rows: list[dict]) -> tuple[dict[str, float], float]:
     """
     from scipy.optimize import minimize
 
-    rows = [r for r in rows if not r["exact_reuse"]]
+    rows = nearest([r for r in rows if not r["exact_reuse"]], FIT_NEAREST)
     x, y = features(rows), np.array([r["label"] for r in rows], dtype=np.float64)
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
     z = (x - mu) / sd
@@ -204,6 +218,7 @@ def main() -> None:
                            "queries_sha256": hashlib.sha256((p / "queries.jsonl").read_bytes()).hexdigest()[:16]}
                   for p in args.packs},
         "target_false_match": TARGET_FALSE_MATCH,
+        "fit_nearest": FIT_NEAREST,
         "possible_recall": POSSIBLE_RECALL,
         "figures_on_fitting_data": report,
         "figures_uncalibrated": report_before,

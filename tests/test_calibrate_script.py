@@ -63,3 +63,10 @@ def test_rescoring_reranks_each_query_by_calibrated_score():
     for cands in by_query.values():
         scores = [c["score"] for c in sorted(cands, key=lambda c: c["rank"])]
         assert scores == sorted(scores, reverse=True)
+
+
+def test_the_fit_sees_each_querys_nearest_candidates_by_cosine():
+    rows = [{"pack": "p", "query": q, "cosine": c, "rank": r} for q in ("a", "b")
+            for r, c in enumerate([0.5, 0.9, 0.1, 0.7], start=1)]
+    kept = load_script().nearest(rows, 2)
+    assert sorted((r["query"], r["cosine"]) for r in kept) == [("a", 0.7), ("a", 0.9), ("b", 0.7), ("b", 0.9)]
