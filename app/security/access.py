@@ -60,3 +60,12 @@ def readable_photo(principal: Principal, photo_id: int, size: str, store: Regist
     if not audit.matched(principal, artefact.id, artefact.created_at):
         raise refused
     return photo
+
+
+def may_see_photo(principal: Principal, photo_id: int, store: RegistryStore, audit: AuditLog) -> bool:
+    """Whether ``principal`` may see the photo at least as a thumbnail."""
+    try:
+        readable_photo(principal, photo_id, "thumb", store, audit)
+    except (Forbidden, NotFound):
+        return False
+    return True

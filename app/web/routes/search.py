@@ -14,7 +14,7 @@ from app.errors import AppError, RateLimited
 from app.imaging import decode_image, thumbnail_jpeg
 from app.registry.models import Artefact
 from app.schemas import SearchResult
-from app.security.access import may_read_artefact
+from app.security.access import may_read_artefact, may_see_photo
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Permission
 from app.web.i18n import N_
@@ -44,6 +44,7 @@ class ResultView:
     result: SearchResult
     rank: int
     photo_size: str  # "large" or, for a role that sees thumbnails only, "thumb"
+    photo_visible: bool  # whether the role may see the registry photo at all
     artefact: Artefact | None  # the record, when the role may read it
     rows: list  # (label, value) of the record
     other_photo_ids: list[int]
@@ -107,6 +108,7 @@ def _views(request: Request, user: WebUser, kept: KeptSearch) -> list[ResultView
     views = []
     for rank, r in enumerate(kept.response.results, 1):
         artefact = None
+        photo_visible = may_see_photo(principal, r.photo_id, service.store, audit)
         if may_read_artefact(principal, r.artefact_id, service.store, audit):
             artefact = service.store.get_artefact(r.artefact_id)
         box = None
@@ -115,7 +117,8 @@ def _views(request: Request, user: WebUser, kept: KeptSearch) -> list[ResultView
             if area < 0.9 * query.width * query.height:  # the whole frame needs no box
                 box = (r.region.x0, r.region.y0, r.region.x1 - r.region.x0, r.region.y1 - r.region.y0)
         views.append(ResultView(
-            result=r, rank=rank, photo_size="large" if full else "thumb", artefact=artefact,
+            result=r, rank=rank, photo_size="large" if full else "thumb", photo_visible=photo_visible,
+            artefact=artefact,
             rows=record_rows(artefact, translator(request)) if artefact is not None else [],
             other_photo_ids=[p.id for p in artefact.photos if p.id != r.photo_id] if artefact and full else [],
             region_box=box,
