@@ -388,3 +388,22 @@ def test_web_files_ship_in_the_package():
     assert len(files) >= 10
     for f in files:
         assert any(fnmatch.fnmatch(f, pat) for pat in patterns), f"{f} is not in the wheel"
+
+
+def test_a_lot_of_two_coins_frames_each_match_in_the_query_photo(demo, coins, browser_as):
+    from app.listing_transforms import lot
+
+    left, right = coins[4], coins[17]
+    photo = lot([left.image.resize((300, 300)), right.image.resize((300, 300))], random.Random(3))
+    client = browser_as("officer")
+    page = client.get(web_search(client, jpeg_bytes(photo, quality=85))).text
+    cards = {}
+    for block in page.split('<li class="card result"')[1:]:
+        inventory = re.search(r'data-inventory="([^"]+)"', block).group(1)
+        cards[inventory] = block
+    width = photo.width
+    for coin, on_left in ((left, True), (right, False)):
+        rect = re.search(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"', cards[coin.inventory_number])
+        assert rect, f"no frame drawn for {coin.inventory_number}"
+        x, _, w, _ = map(int, rect.groups())
+        assert (x + w / 2 < width / 2) == on_left

@@ -114,7 +114,7 @@ def _views(request: Request, user: WebUser, kept: KeptSearch) -> list[ResultView
         box = None
         if r.region is not None:
             area = (r.region.x1 - r.region.x0) * (r.region.y1 - r.region.y0)
-            if area < 0.9 * query.width * query.height:  # the whole frame needs no box
+            if area < 0.6 * query.width * query.height:  # a frame round most of the photo says nothing
                 box = (r.region.x0, r.region.y0, r.region.x1 - r.region.x0, r.region.y1 - r.region.y0)
         views.append(ResultView(
             result=r, rank=rank, photo_size="large" if full else "thumb", photo_visible=photo_visible,
