@@ -407,3 +407,10 @@ def test_a_lot_of_two_coins_frames_each_match_in_the_query_photo(demo, coins, br
         assert rect, f"no frame drawn for {coin.inventory_number}"
         x, _, w, _ = map(int, rect.groups())
         assert (x + w / 2 < width / 2) == on_left
+
+
+def test_ids_out_of_range_are_refused_not_crashes(browser_as):
+    client = browser_as("admin")
+    for path in ("/photos/99999999999999999999999", "/registry/0", "/registry/99999999999999999999999"):
+        assert client.get(path).status_code == 422, path
+    assert client.get("/registry/987654").status_code == 404

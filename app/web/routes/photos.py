@@ -7,6 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.deps import id_path
 from app.api.routes.photos import THUMB_SIZE
 from app.errors import Forbidden, NotFound
 from app.imaging import decode_image, thumbnail_jpeg
@@ -21,7 +22,8 @@ LARGE_SIZE = 1024
 
 
 @router.get("/photos/{photo_id}")
-async def photo(request: Request, photo_id: int, size: Literal["full", "large", "thumb"] = "full",
+async def photo(request: Request, photo_id: int = id_path("photo"),
+                size: Literal["full", "large", "thumb"] = "full",
                 user: WebUser = Depends(allow(Permission.read_any_photo, Permission.read_matched_photo,
                                               Permission.thumb_matched_photo))):
     service, audit = request.app.state.service, request.app.state.audit

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from app.api.deps import read_upload
+from app.api.deps import id_path, read_upload
 from app.api.routes.artefacts import MAX_PHOTOS_PER_REQUEST
 from app.errors import AppError, NotFound
 from app.registry.models import ArtefactStatus
@@ -98,13 +98,14 @@ def _artefact_or_404(request: Request, artefact_id: int):
 
 
 @router.get("/registry/{artefact_id}")
-def artefact_page(request: Request, artefact_id: int, user: WebUser = Depends(allow(Permission.read_any_artefact))):
+def artefact_page(request: Request, artefact_id: int = id_path("artefact"),
+                  user: WebUser = Depends(allow(Permission.read_any_artefact))):
     artefact = _artefact_or_404(request, artefact_id)
     return _edit_page(request, user, artefact, form_values(artefact), saved=request.query_params.get("saved"))
 
 
 @router.post("/registry/{artefact_id}")
-async def update_artefact(request: Request, artefact_id: int,
+async def update_artefact(request: Request, artefact_id: int = id_path("artefact"),
                           user: WebUser = Depends(csrf_checked(Permission.write_registry))):
     service = request.app.state.service
     artefact = _artefact_or_404(request, artefact_id)
@@ -124,7 +125,8 @@ async def update_artefact(request: Request, artefact_id: int,
 
 
 @router.post("/registry/{artefact_id}/photos")
-async def add_photos(request: Request, artefact_id: int, image: list[UploadFile] | None = File(None),
+async def add_photos(request: Request, artefact_id: int = id_path("artefact"),
+                     image: list[UploadFile] | None = File(None),
                      view: str = Form(""), user: WebUser = Depends(csrf_checked(Permission.write_registry))):
     service = request.app.state.service
     artefact = _artefact_or_404(request, artefact_id)

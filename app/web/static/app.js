@@ -71,7 +71,8 @@
         var body = null;
         try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
         if (body && body.redirect) { window.location.assign(body.redirect); return; }
-        fail((body && body.error) || form.dataset.failed);
+        if (xhr.status === 413) { fail(form.dataset.tooLarge); return; } // refused before the page saw it
+        fail((body && typeof body.error === "string" && body.error) || form.dataset.failed);
       });
       xhr.addEventListener("error", function () { fail(form.dataset.failed); });
       progress.hidden = false;
