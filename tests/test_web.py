@@ -414,3 +414,33 @@ def test_ids_out_of_range_are_refused_not_crashes(browser_as):
     for path in ("/photos/99999999999999999999999", "/registry/0", "/registry/99999999999999999999999"):
         assert client.get(path).status_code == 422, path
     assert client.get("/registry/987654").status_code == 404
+
+
+def test_web_searches_share_the_keys_rate_limit(settings, service, keys):
+    limited = create_app(settings.model_copy(update={"rate_limit_per_minute": 6, "rate_limit_burst": 2}),
+                         service=service)
+    photo = jpeg_bytes(random_photo(8))
+    with TestClient(limited) as client:
+        sign_in(client, keys["officer"])
+        token = csrf_of(client)
+        codes = [client.post("/search", data={"csrf_token": token}, files={"image": ("q.jpg", photo, "image/jpeg")},
+                             follow_redirects=False).status_code for _ in range(3)]
+        assert codes == [303, 303, 429]
+        # The API's bucket for the same key is the same one.
+        r = client.post("/v1/search", headers=bearer(keys["officer"]), files={"image": ("q.jpg", photo, "image/jpeg")})
+        assert r.status_code == 429
+
+
+def test_results_show_the_other_photos_of_a_matched_object(browser_as, service):
+    from app.service import PhotoInput
+
+    front, back = jpeg_bytes(random_photo(61)), jpeg_bytes(random_photo(62))
+    art = service.register_artefact({"inventory_number": "TWO-SIDES", "title": "Plaque"},
+                                    [PhotoInput(front, "front"), PhotoInput(back, "back")])
+    client = browser_as("officer")
+    page = client.get(web_search(client, front)).text
+    first = page.split('<li class="card result"')[1]
+    assert 'data-inventory="TWO-SIDES" data-verdict="match"' in first
+    back_id = next(p.id for p in art.photos if p.view == "back")
+    assert "Other photos of this object" in first and f'/photos/{back_id}?size=thumb' in first
+    assert client.get(f"/photos/{back_id}?size=thumb").status_code == 200  # opened by the match

@@ -121,8 +121,9 @@ def sign_in(page, key: str) -> None:
     page.wait_for_url("**/search")
 
 
-def search_with(page, photo: Path) -> None:
-    page.goto("/search")
+def search_with(page, photo: Path, goto: bool = True) -> None:
+    if goto:
+        page.goto("/search")
     page.set_input_files("#file", str(photo))
     assert page.locator("#preview").is_visible()  # the chosen photo shows before it is sent
     page.click("#search-button")
@@ -149,7 +150,15 @@ def test_officer_searches_a_coin_reads_the_report_and_switches_to_arabic(server,
     both_widths(page, "search")
 
     page.set_viewport_size(PHONE)
-    search_with(page, photo)
+    # Record whether the progress bar showed (the page is gone by the time the results load).
+    page.evaluate("""() => {
+        const box = document.getElementById("progress");
+        new MutationObserver(() => {
+            if (!box.hidden) sessionStorage.setItem("progress", document.getElementById("progress-text").textContent);
+        }).observe(box, {attributes: true, subtree: true, childList: true});
+    }""")
+    search_with(page, photo, goto=False)
+    assert page.evaluate("sessionStorage.getItem('progress')") in ("Sending the photo…", "Searching the registry…")
     assert first_result(page) == (coin.inventory_number, "match")
     assert page.locator("li.result").first.locator(".badge").inner_text() == "Match"
     record = page.locator("li.result").first.locator("dl.record").inner_text()
