@@ -444,3 +444,26 @@ def test_results_show_the_other_photos_of_a_matched_object(browser_as, service):
     back_id = next(p.id for p in art.photos if p.view == "back")
     assert "Other photos of this object" in first and f'/photos/{back_id}?size=thumb' in first
     assert client.get(f"/photos/{back_id}?size=thumb").status_code == 200  # opened by the match
+
+
+def test_refused_web_searches_are_audited_like_the_apis(tmp_path, settings, encoder):
+    import hashlib
+
+    from app.service import MatchingService
+
+    small = MatchingService(settings.model_copy(update={"data_dir": tmp_path / "small", "max_upload_mb": 0.01}),
+                            encoder=encoder).start()
+    key = KeyStore(small.store.sessions).create("officer-key", "officer").token
+    with TestClient(create_app(service=small)) as client:
+        sign_in(client, key)
+        token = csrf_of(client)
+        big = b"\x89PNG" + b"0" * 20_000  # over the limit, under the request-size guard
+        r = client.post("/search", data={"csrf_token": token}, files={"image": ("big.png", big, "image/png")})
+        assert r.status_code == 413 and "too large" in r.text
+        r = client.post("/search", data={"csrf_token": token}, files={"image": ("x.jpg", b"junk", "image/jpeg")})
+        assert r.status_code == 422
+    events = [e for e in AuditLog(small.store.sessions).events() if e.action == "search"]
+    small.close()
+    assert [(e.outcome, e.key_name) for e in events] == [("image_too_large", "officer-key"),
+                                                          ("bad_image", "officer-key")]
+    assert events[1].query_sha256 == hashlib.sha256(b"junk").hexdigest()

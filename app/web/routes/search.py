@@ -69,7 +69,12 @@ async def search(request: Request, image: list[UploadFile] | None = File(None),
             raise RateLimited("Too many requests for this key.")
         if upload is None:
             raise AppError("Choose or take a photo first.", code="no_photo", status_code=422)
-        data = await read_upload(upload, service.settings.max_upload_bytes)
+        try:
+            data = await read_upload(upload, service.settings.max_upload_bytes)
+        except AppError as exc:  # audited as the API audits a refused upload
+            await run_in_threadpool(audit.record_search, outcome=exc.code, fingerprint=service.fingerprint,
+                                    principal=user.principal)
+            raise
         response = await run_in_threadpool(audited_search, service, audit, user.principal, data)
         display = await run_in_threadpool(_display_jpeg, data, service.settings.max_image_pixels)
     except AppError as exc:
