@@ -467,3 +467,32 @@ def test_refused_web_searches_are_audited_like_the_apis(tmp_path, settings, enco
     assert [(e.outcome, e.key_name) for e in events] == [("image_too_large", "officer-key"),
                                                           ("bad_image", "officer-key")]
     assert events[1].query_sha256 == hashlib.sha256(b"junk").hexdigest()
+
+
+def test_sessions_survive_a_restart_and_the_secret_is_private(settings, service, keys):
+    import stat
+
+    with TestClient(create_app(settings, service=service)) as first:
+        sign_in(first, keys["officer"])
+        cookie = first.cookies["hm_session"]
+    secret = settings.data_dir / "web-secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text()) >= 48
+    with TestClient(create_app(settings, service=service), cookies={"hm_session": cookie}) as second:
+        assert second.get("/search", follow_redirects=False).status_code == 200  # another worker, same secret
+    other = settings.model_copy(update={"web_secret": "another secret"})
+    with TestClient(create_app(other, service=service), cookies={"hm_session": cookie}) as third:
+        assert third.get("/search", follow_redirects=False).status_code == 303
+
+
+def test_cookie_is_secure_over_https(app, keys):
+    with TestClient(app, base_url="https://testserver") as client:
+        r = sign_in(client, keys["officer"])
+        assert "secure" in r.headers["set-cookie"].lower()
+    with TestClient(app) as client:
+        assert "secure" not in sign_in(client, keys["officer"]).headers["set-cookie"].lower()
+
+
+def test_without_auth_every_visitor_is_an_admin(settings, service):
+    with TestClient(create_app(settings.model_copy(update={"auth": False}), service=service)) as client:
+        assert client.get("/", follow_redirects=False).headers["location"] == "/search"
+        assert client.get("/registry").status_code == 200

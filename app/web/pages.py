@@ -64,7 +64,7 @@ def web_session(request: Request) -> WebSession:
 def current_user(request: Request) -> WebUser | None:
     """The signed-in user, with its key read again now: a revoked key signs the session out."""
     session = web_session(request)
-    if not request.app.state.service.settings.auth:
+    if not request.app.state.web_auth:
         return WebUser(session, NO_AUTH_PRINCIPAL)
     if session.key_id is None:
         return None
