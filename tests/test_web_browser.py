@@ -124,6 +124,8 @@ def sign_in(page, key: str) -> None:
 def search_with(page, photo: Path, goto: bool = True) -> None:
     if goto:
         page.goto("/search")
+    # Nothing chosen yet: no (broken) preview, no progress bar.
+    assert not page.locator("#preview").is_visible() and not page.locator("#progress").is_visible()
     page.set_input_files("#file", str(photo))
     assert page.locator("#preview").is_visible()  # the chosen photo shows before it is sent
     page.click("#search-button")
