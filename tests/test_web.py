@@ -74,7 +74,7 @@ def web_search(client: TestClient, photo: bytes, name: str = "q.jpg") -> str:
     return r.headers["location"]
 
 
-def test_sign_in_sets_a_signed_httponly_strict_cookie_without_the_key(app, keys):
+def test_sign_in_sets_a_signed_httponly_strict_cookie_without_the_key(app, keys, service):
     with TestClient(app) as client:
         assert client.get("/", follow_redirects=False).headers["location"] == "/signin"
         assert client.get("/search", follow_redirects=False).headers["location"] == "/signin?next=%2Fsearch"
@@ -88,6 +88,8 @@ def test_sign_in_sets_a_signed_httponly_strict_cookie_without_the_key(app, keys)
         assert set(payload) == {"s", "c", "k"} and isinstance(payload["k"], int)
         page = client.get("/search")
         assert page.status_code == 200 and "officer-key" in page.text
+    signins = [e for e in AuditLog(service.store.sessions).events() if e.action == "web.signin"]
+    assert [(e.key_name, e.role) for e in signins] == [("officer-key", "officer")]
         # Bad keys: refused with the form again, not signed in.
     with TestClient(app) as client:
         r = sign_in(client, "hm_not-a-key")
