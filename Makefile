@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install demo serve clean
+.PHONY: run test install demo serve clean chromium
 
 run: install
 	$(BIN)/heritage-match demo --if-empty
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
+
+# The browser tests use the system's Chromium (Debian package `chromium`); .ci/run installs it too.
+chromium:
+	.ci/install-chromium
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -33,6 +33,18 @@ MATRIX: dict[tuple[str, str], set[str]] = {
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# The web pages (app/web): outside /v1 and the OpenAPI schema, signed in by a session cookie, never by
+# a Bearer key. Each but the sign-in pages checks a permission of the session's key; tests/test_web.py
+# holds their role matrix.
+WEB = {
+    ("GET", "/"), ("GET", "/signin"), ("POST", "/signin"), ("POST", "/signout"),
+    ("GET", "/search"), ("POST", "/search"), ("GET", "/results/{search_id}"),
+    ("GET", "/results/{search_id}/report"), ("GET", "/results/{search_id}/query.jpg"),
+    ("GET", "/photos/{photo_id}"),
+    ("GET", "/registry"), ("GET", "/registry/new"), ("POST", "/registry/new"), ("GET", "/registry/{artefact_id}"),
+    ("POST", "/registry/{artefact_id}"), ("POST", "/registry/{artefact_id}/photos"),
+}
+WEB_SIGN_IN = {"/", "/signin", "/signout"}
 
 
 @pytest.fixture
@@ -113,12 +125,17 @@ def test_matrix_covers_every_route_of_the_app(app):
     api = {(m, r.path) for r in routes if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods}
     assert api == set(MATRIX) | PUBLIC, "a new endpoint needs a row in MATRIX (and a permission)"
     hidden = {r.path for r in routes if getattr(r, "include_in_schema", True) is False}
-    assert hidden == DOCS, "only the documentation pages may be unlisted (and public)"
+    assert hidden == DOCS | {path for _, path in WEB}, "only the docs and the web pages may be unlisted"
+    web = {(m, r.path) for r in routes if isinstance(r, APIRoute) and not r.include_in_schema
+           and r.path not in DOCS for m in r.methods}
+    assert web == WEB, "a new web page needs a row in WEB (and in tests/test_web.py's matrix)"
     for route in routes:
         if isinstance(route, APIRoute) and route.path.startswith("/v1"):
             assert _permission_checks(route.dependant), f"{route.path} has no permission check"
         elif isinstance(route, APIRoute):
             assert not route.path.startswith("/v1")
+            if route.path not in WEB_SIGN_IN | {"/healthz", "/readyz"} and route.path not in DOCS:
+                assert _permission_checks(route.dependant), f"web page {route.path} has no permission check"
 
 
 @pytest.mark.parametrize("role", ROLES)

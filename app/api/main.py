@@ -23,6 +23,7 @@ from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.security.ratelimit import RateLimiter
 from app.service import MatchingService
+from app.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     # authentication refuses before the size limit lets any body in.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20),  # room for multipart headers
                        limit_mb=settings.max_upload_mb)
-    app.add_middleware(Authenticate, enabled=settings.auth,
-                       limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst))
+    # One limiter for the API and the web pages: a key's searches count alike wherever they come from.
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.add_middleware(Authenticate, enabled=settings.auth, limiter=app.state.limiter)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],
@@ -93,4 +95,5 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     app.include_router(health.router)
     for module in (search, artefacts, photos, keys, index):
         app.include_router(module.router, responses=PROTECTED_RESPONSES)
+    mount_web(app, settings)
     return app

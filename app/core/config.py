@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed to call the API from a browser (default: none, CORS off)."
     )
+    web_secret: str | None = Field(
+        None, description="Key that signs web session cookies (default: a random one kept in DATA_DIR/web-secret, "
+        "shared by every worker on the machine)."
+    )
+    web_session_hours: float = Field(12, gt=0, description="Hours a web sign-in lasts.")
+    web_cookie_secure: bool | None = Field(
+        None, description="Send the session cookie over HTTPS only (default: when the request came over HTTPS)."
+    )
+    web_searches_kept: int = Field(
+        200, ge=1, description="Web searches (query photo and results, for the case report) kept in memory per "
+        "server process; the oldest go first."
+    )
 
     @property
     def db_url(self) -> str:

@@ -8,6 +8,7 @@ through every service call. The API sets it per request; the CLI sets it once.
 from __future__ import annotations
 
 import getpass
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -39,6 +40,16 @@ def set_principal(principal: Principal):
 
 def reset_principal(token) -> None:
     _current.reset(token)
+
+
+@contextmanager
+def acting_as(principal: Principal):
+    """Make ``principal`` the actor of the registry changes in this block (and this thread)."""
+    token = set_principal(principal)
+    try:
+        yield principal
+    finally:
+        reset_principal(token)
 
 
 def cli_principal() -> Principal:

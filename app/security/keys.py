@@ -60,6 +60,14 @@ class KeyStore:
             return None
         return Principal(key_id=row.id, name=row.name, role=Role(row.role))
 
+    def principal_by_id(self, key_id: int) -> Principal | None:
+        """The principal of key ``key_id`` while it is unrevoked (a web session re-checks it on each request)."""
+        with self.sessions() as s:
+            row = s.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(key_id=row.id, name=row.name, role=Role(row.role))
+
     def list(self) -> list[ApiKey]:
         with self.sessions() as s:
             return list(s.scalars(select(ApiKey).order_by(ApiKey.id)))

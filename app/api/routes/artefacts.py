@@ -5,10 +5,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import DB_ID_MAX, get_audit, get_service, id_path, read_upload, require
 from app.api.presenters import artefact_outs
-from app.errors import AppError, Forbidden, NotFound
+from app.errors import AppError
 from app.registry.models import ArtefactStatus
 from app.registry.store import ArtefactFilter
 from app.schemas import ArtefactCreate, ArtefactOut, ArtefactPage, ArtefactUpdate, ErrorResponse, PhotoOut
+from app.security.access import readable_artefact
 from app.security.actor import Principal
 from app.security.audit import AuditLog
 from app.security.roles import Permission
@@ -52,17 +53,7 @@ def get_artefact(
     audit: AuditLog = Depends(get_audit),
 ) -> ArtefactOut:
     """The record; an officer reads only artefacts its own searches matched."""
-    if principal.can(Permission.read_any_artefact):
-        return artefact_outs(service, [service.store.get_artefact(artefact_id)])[0]
-    # One answer for a missing id and an unmatched one: the key cannot learn which ids are registered.
-    refused = Forbidden("This key may read only artefacts its own searches matched.")
-    try:
-        artefact = service.store.get_artefact(artefact_id)
-    except NotFound:
-        raise refused from None
-    if not audit.matched(principal, artefact_id, artefact.created_at):
-        raise refused
-    return artefact_outs(service, [artefact])[0]
+    return artefact_outs(service, [readable_artefact(principal, artefact_id, service.store, audit)])[0]
 
 
 @router.patch("/{artefact_id}", response_model=ArtefactOut, responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)

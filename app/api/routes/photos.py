@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import get_audit, get_service, id_path, require
-from app.errors import Forbidden, NotFound
 from app.imaging import decode_image, thumbnail_jpeg
 from app.schemas import ErrorResponse
+from app.security.access import readable_photo
 from app.security.actor import Principal
 from app.security.audit import AuditLog
 from app.security.roles import Permission
@@ -35,10 +35,7 @@ async def get_photo(
 
     An officer gets photos of artefacts its own searches matched; a monitor only their thumbnails.
     """
-    if principal.can(Permission.read_any_photo):
-        photo = await run_in_threadpool(service.store.get_photo, photo_id)
-    else:
-        photo = await run_in_threadpool(_matched_photo, principal, photo_id, size, service, audit)
+    photo = await run_in_threadpool(readable_photo, principal, photo_id, size, service.store, audit)
     data = service.store.photos.read(photo.sha256, photo.format)
     headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{photo.sha256}-{size}"'}
     if size == "thumb":
@@ -46,17 +43,3 @@ async def get_photo(
         return Response(thumb, media_type="image/jpeg", headers=headers)
     return Response(data, media_type=service.store.photos.media_type(photo.format), headers=headers)
 
-
-def _matched_photo(principal: Principal, photo_id: int, size: str, service: MatchingService, audit: AuditLog):
-    if size == "full" and not principal.can(Permission.read_matched_photo):
-        raise Forbidden("This key may see only thumbnails (size=thumb) of artefacts its searches matched.")
-    # One answer for a missing id and an unmatched one: the key cannot learn which ids exist.
-    refused = Forbidden("This key may see only photos of artefacts its own searches matched.")
-    try:
-        photo = service.store.get_photo(photo_id)
-        artefact = service.store.get_artefact(photo.artefact_id)
-    except NotFound:
-        raise refused from None
-    if not audit.matched(principal, artefact.id, artefact.created_at):
-        raise refused
-    return photo

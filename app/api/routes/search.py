@@ -4,12 +4,12 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import get_audit, get_service, read_upload, require
+from app.audited_search import audited_search
 from app.errors import AppError
-from app.imaging import sha256_hex
 from app.schemas import ErrorResponse, SearchResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog
-from app.security.roles import MONITOR_VISIBLE_VERDICTS, Permission, Role
+from app.security.roles import Permission
 from app.service import MatchingService
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -36,17 +36,10 @@ async def search(
     Every search is recorded in the audit trail; the response carries the event's ``audit_id``.
     A monitor key sees only `match` results, with thumbnail links.
     """
-    data = None
     try:
         data = await read_upload(image, service.settings.max_upload_bytes)
-        response = await run_in_threadpool(service.search, data, top_k or top_k_query)
-    except AppError as exc:  # refused searches are evidence of probing too
-        await run_in_threadpool(audit.record_search, query_sha256=sha256_hex(data) if data else None,
-                                outcome=exc.code, fingerprint=service.fingerprint, principal=principal)
+    except AppError as exc:  # refused uploads are evidence of probing too
+        await run_in_threadpool(audit.record_search, outcome=exc.code, fingerprint=service.fingerprint,
+                                principal=principal)
         raise
-    if principal.role == Role.monitor:
-        response.results = [r for r in response.results if r.verdict in MONITOR_VISIBLE_VERDICTS]
-        for r in response.results:
-            r.photo_url = f"/v1/photos/{r.photo_id}?size=thumb"
-    response.audit_id = await run_in_threadpool(audit.record_search, response, principal=principal)
-    return response
+    return await run_in_threadpool(audited_search, service, audit, principal, data, top_k or top_k_query)

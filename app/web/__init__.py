@@ -1,0 +1,28 @@
+"""The web interface: photo search for officers, case reports, registrar pages; English, Arabic, French."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.core.config import Settings
+from app.web.pages import WebError, web_error_page
+from app.web.routes import photos, registry, search, signin
+from app.web.searches import SearchKeeper
+from app.web.session import SessionCodec
+
+STATIC = Path(__file__).parent / "static"
+ROUTERS = (signin.router, search.router, registry.router, photos.router)
+
+
+def mount_web(app: FastAPI, settings: Settings) -> None:
+    """Add the web pages to the API's app (server-rendered, outside /v1, never in the OpenAPI schema)."""
+    app.state.web_auth = settings.auth  # the app's settings: a shared service may carry other ones
+    app.state.web_sessions = SessionCodec(settings)
+    app.state.web_searches = SearchKeeper(settings.web_searches_kept)
+    app.add_exception_handler(WebError, web_error_page)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for router in ROUTERS:
+        app.include_router(router)

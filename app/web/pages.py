@@ -1,0 +1,162 @@
+"""What every web page shares: templates, the signed-in user and its permissions, CSRF, errors.
+
+Pages are server-rendered; the only script is static/app.js (upload progress, paste, drop, print),
+so the pages' Content-Security-Policy allows scripts and styles from this server only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from fastapi import Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from app.security.actor import Principal
+from app.security.roles import Permission, Role
+from app.web import i18n
+from app.web.i18n import N_
+from app.web.session import SessionCodec, WebSession, WebUser
+
+TEMPLATES = Path(__file__).parent / "templates"
+WEB_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Without HM_AUTH every request is an admin: so is every web visitor (a single-user machine only).
+NO_AUTH_PRINCIPAL = Principal(key_id=None, name="anonymous", role=Role.admin)
+
+templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                        trim_blocks=True, lstrip_blocks=True)
+
+
+CSRF_REFUSED = N_("This form has expired or did not come from this site. Reload the page and try again.")
+
+
+class WebError(Exception):
+    """An error page (or a redirect to sign in) instead of the API's JSON errors."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+
+
+class SignInRequired(WebError):
+    def __init__(self):
+        super().__init__(303, N_("Sign in with your API key."))
+
+
+def codec(request: Request) -> SessionCodec:
+    return request.app.state.web_sessions
+
+
+def web_session(request: Request) -> WebSession:
+    """The request's session; a new anonymous one (written with the response) when it has none."""
+    session = getattr(request.state, "web_session", None)
+    if session is None:
+        session = codec(request).read(request)
+        if session is None:
+            session = WebSession.anonymous()
+            request.state.write_session = session
+        request.state.web_session = session
+    return session
+
+
+def current_user(request: Request) -> WebUser | None:
+    """The signed-in user, with its key read again now: a revoked key signs the session out."""
+    session = web_session(request)
+    if not request.app.state.web_auth:
+        return WebUser(session, NO_AUTH_PRINCIPAL)
+    if session.key_id is None:
+        return None
+    principal = request.app.state.keys.principal_by_id(session.key_id)
+    return WebUser(session, principal) if principal is not None else None
+
+
+def allow(*permissions: Permission):
+    """A dependency: the signed-in user if its role has any of ``permissions``."""
+
+    def check(request: Request) -> WebUser:
+        user = current_user(request)
+        if user is None:
+            raise SignInRequired()
+        if not any(user.principal.can(p) for p in permissions):
+            raise WebError(403, N_("Your role may not open this page."))
+        return user
+
+    check.permissions = permissions  # read by the route tests, as the API's require() is
+    return check
+
+
+def csrf_checked(*permissions: Permission):
+    """``allow`` for a form POST, which must also carry the session's CSRF token."""
+    allowed = allow(*permissions)
+
+    def check(request: Request, csrf_token: str = Form(""), user: WebUser = Depends(allowed)) -> WebUser:
+        token = csrf_token or request.headers.get("x-csrf-token", "")
+        if not user.session.csrf_ok(token):
+            raise WebError(403, CSRF_REFUSED)
+        return user
+
+    check.permissions = permissions
+    return check
+
+
+def translator(request: Request) -> i18n.Translator:
+    found = getattr(request.state, "translator", None)
+    if found is None:
+        lang, switched = i18n.choose_language(request)
+        found = request.state.translator = i18n.Translator(lang)
+        request.state.lang_switched = switched
+    return found
+
+
+def url_with(request: Request, **params) -> str:
+    """This page's URL with some query parameters replaced (None drops one)."""
+    query = {k: v for k, v in request.query_params.items() if k not in params}
+    query.update({k: v for k, v in params.items() if v is not None})
+    return request.url.path + ("?" + urlencode(query) if query else "")
+
+
+def render(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+    t = translator(request)
+    user = context.pop("user", None) or current_user(request)
+    session = web_session(request)
+    html = templates.get_template(template).render(
+        request=request, _=t.gettext, lang=t.lang, dir=t.direction, languages=i18n.LANGUAGES,
+        user=user, csrf_token=session.csrf, Permission=Permission,
+        can=lambda p: user is not None and user.principal.can(p),
+        lang_url=lambda code: url_with(request, lang=code), url_with=lambda **kw: url_with(request, **kw),
+        **context,
+    )
+    return finish(request, HTMLResponse(html, status_code=status))
+
+
+def finish(request: Request, response: Response) -> Response:
+    """Headers and cookies every web response carries."""
+    if response.media_type == "text/html":
+        response.headers["Content-Security-Policy"] = WEB_CSP
+    # Case material (results, records, photos) stays out of shared and browser caches.
+    response.headers.setdefault("Cache-Control", "no-store")
+    written = getattr(request.state, "write_session", None)
+    if written is not None:
+        codec(request).write(response, request, written)
+    if getattr(request.state, "lang_switched", False):
+        response.set_cookie(i18n.COOKIE, request.state.translator.lang, max_age=365 * 86400, path="/",
+                            samesite="lax", httponly=True)
+    return response
+
+
+def redirect(request: Request, url: str) -> Response:
+    return finish(request, RedirectResponse(url, status_code=303))
+
+
+def sign_in_url(request: Request) -> str:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return "/signin?next=" + quote(target, safe="")
+
+
+async def web_error_page(request: Request, exc: WebError) -> Response:
+    if isinstance(exc, SignInRequired):
+        return redirect(request, sign_in_url(request) if request.method == "GET" else "/signin")
+    t = translator(request)
+    return render(request, "error.html", status=exc.status, message=t.gettext(exc.message))

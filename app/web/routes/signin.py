@@ -1,0 +1,54 @@
+"""Sign in with an API key, sign out, and the front door."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.concurrency import run_in_threadpool
+
+from app.web.i18n import N_
+from app.web.pages import CSRF_REFUSED, WebError, current_user, redirect, render, web_session
+from app.web.session import WebSession
+
+router = APIRouter(include_in_schema=False)
+PUBLIC_PAGES = {"/", "/signin"}  # reachable without signing in (the route tests read this)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this site: never another host (open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/search"
+
+
+@router.get("/")
+def home(request: Request):
+    return redirect(request, "/search" if current_user(request) else "/signin")
+
+
+@router.get("/signin")
+def signin_form(request: Request, next: str | None = None):
+    return render(request, "signin.html", next=_safe_next(next), user=None)
+
+
+@router.post("/signin")
+async def signin(request: Request, key: str = Form(""), csrf_token: str = Form(""), next: str = Form("/search"),
+                 session: WebSession = Depends(web_session)):
+    if not session.csrf_ok(csrf_token):  # a sign-in form of this session only: no login CSRF
+        raise WebError(403, CSRF_REFUSED)
+    principal = await run_in_threadpool(request.app.state.keys.authenticate, key.strip())
+    if principal is None:
+        return render(request, "signin.html", status=401, next=_safe_next(next), user=None,
+                      error=N_("This API key is unknown or revoked."))
+    signed_in = WebSession.signed_in(principal.key_id)
+    request.state.write_session = signed_in
+    request.state.web_session = signed_in
+    await run_in_threadpool(request.app.state.audit.record, "web.signin", principal=principal)
+    return redirect(request, _safe_next(next))
+
+
+@router.post("/signout")
+def signout(request: Request, csrf_token: str = Form(""), session: WebSession = Depends(web_session)):
+    if not session.csrf_ok(csrf_token):
+        raise WebError(403, CSRF_REFUSED)
+    request.state.write_session = WebSession.anonymous()
+    return redirect(request, "/signin")
