@@ -10,7 +10,7 @@ run: install
 	$(BIN)/heritage-match demo --if-empty
 	$(BIN)/heritage-match serve
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-# The browser tests use the system's Chromium (Debian package `chromium`); .ci/run installs it too.
+# The browser tests use the system's Chromium (Debian package `chromium`), installed when missing.
 chromium:
 	.ci/install-chromium
 
