@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -71,14 +72,25 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def serve(
     host: Optional[str] = typer.Option(None, help="Default: HM_HOST (127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Default: HM_PORT (8000)."),
-    workers: int = typer.Option(1, help="uvicorn worker processes."),
+    workers: Optional[int] = typer.Option(None, min=1, help="uvicorn worker processes (default: HM_WORKERS, 1)."),
 ):
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from app.core.threads import intra_op_threads, thread_env
+
     settings = get_settings()
+    if workers is not None and workers != settings.workers:
+        # Worker processes read their settings from the environment: they must know how many share the cores.
+        os.environ["HM_WORKERS"] = str(workers)
+        get_settings.cache_clear()
+        settings = get_settings()
+    threads = intra_op_threads(settings)
+    if threads:  # libraries that size their pools when loaded, before any per-process call can limit them
+        for var, value in thread_env(threads).items():
+            os.environ.setdefault(var, value)
     uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers)
+                workers=settings.workers)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from app.errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 ONNX_RUNTIMES = ("onnx", "onnx-int8")
+EXPORT_RUNTIMES = ONNX_RUNTIMES + ("openvino",)  # runtimes that run an exported .onnx file
 FP32_MIN_COSINE = 0.9999
 INT8_MIN_COSINE = 0.999
 OPSET = 17
@@ -43,13 +44,15 @@ class ExportRefused(ValueError):
 
 def export_paths(models_dir: Path, model: str, runtime: str) -> tuple[Path, Path]:
     """(model file, sidecar) of ``model`` (an ``HM_MODEL`` spec) exported for ``runtime``."""
-    if runtime not in ONNX_RUNTIMES:
-        raise ValueError(f"unknown ONNX runtime {runtime!r}: use one of {', '.join(ONNX_RUNTIMES)}")
+    if runtime not in EXPORT_RUNTIMES:
+        raise ValueError(f"unknown ONNX runtime {runtime!r}: use one of {', '.join(EXPORT_RUNTIMES)}")
     # The spec may be a path: keep a readable part and make it unique with a hash of the whole.
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[-60:].strip("._")
     stem = f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:10]}"
     suffix = ".int8.onnx" if runtime == "onnx-int8" else ".onnx"
     path = Path(models_dir) / "onnx" / (stem + suffix)
+    if runtime == "openvino":  # OpenVINO compiles the fp32 file; its own check lives in its own sidecar
+        return path, path.with_name(stem + ".openvino.json")
     return path, path.with_name(path.name + ".json")
 
 
