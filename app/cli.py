@@ -271,16 +271,25 @@ def models_fetch(
 def models_export(
     int8: bool = typer.Option(False, "--int8", help="Also quantise the weights to int8 (per channel): faster, "
                               "its own fingerprint, needs HM_RUNTIME=onnx-int8."),
+    openvino: bool = typer.Option(False, "--openvino", help="Check OpenVINO on the fp32 export (made if missing) "
+                                  "for HM_RUNTIME=openvino: same vectors as torch."),
 ):
     """Export the active model (HM_MODEL) to ONNX for HM_RUNTIME=onnx, checked against torch on real photos."""
     from app.embedding import create_torch_encoder, resolve_model
     from app.embedding.onnx_runtime import ExportRefused, export_onnx
 
+    if int8 and openvino:
+        _fail("OpenVINO runs the fp32 export: use --int8 and --openvino one at a time.")
     settings = get_settings().model_copy(update={"runtime": "torch", "device": "cpu"})
     model = resolve_model(settings)
     encoder = create_torch_encoder(settings.model_copy(update={"model": model}))
     try:
-        meta = export_onnx(encoder, model, settings.models_dir, int8=int8)
+        if openvino:
+            from app.embedding.openvino_runtime import export_openvino
+
+            meta = export_openvino(encoder, model, settings.models_dir)
+        else:
+            meta = export_onnx(encoder, model, settings.models_dir, int8=int8)
     except ExportRefused as exc:
         _fail(str(exc))
     path = settings.models_dir / "onnx"
