@@ -77,7 +77,7 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from app.core.threads import intra_op_threads, thread_env
+    from app.core.threads import intra_op_threads, set_thread_environment
 
     settings = get_settings()
     if workers is not None and workers != settings.workers:
@@ -86,9 +86,8 @@ def serve(
         get_settings.cache_clear()
         settings = get_settings()
     threads = intra_op_threads(settings)
-    if threads:  # libraries that size their pools when loaded, before any per-process call can limit them
-        for var, value in thread_env(threads).items():
-            os.environ.setdefault(var, value)
+    if threads:  # before the workers load any library: OpenMP pools size themselves when loaded
+        set_thread_environment(threads)
     uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
                 workers=settings.workers)
 

@@ -37,7 +37,10 @@ def intra_op_threads(settings: Settings) -> int | None:
 
 
 def apply_thread_limits(threads: int) -> dict[str, int]:
-    """Limit OpenCV, BLAS/OpenMP (threadpoolctl), FAISS and, if loaded, torch to ``threads``.
+    """Limit OpenCV, BLAS (threadpoolctl), FAISS and, if loaded, torch to ``threads``.
+
+    Torch's, OpenCV's and OpenBLAS's pools are process-wide; OpenMP's setting (FAISS, OpenMP BLAS) holds
+    for the calling thread, and other threads take it from ``set_thread_environment``.
 
     Model runtimes created afterwards (ONNX Runtime, OpenVINO) take the number from the encoder
     factory. Torch is limited only when something already imported it: the CPU path must not import
@@ -68,6 +71,13 @@ def apply_thread_limits(threads: int) -> dict[str, int]:
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment for worker processes, so that pools created before any call above start at ``threads``."""
-    return {var: str(threads) for var in THREAD_ENV_VARS}
+def set_thread_environment(threads: int) -> dict[str, str]:
+    """Put ``threads`` in the variables OpenMP and BLAS read when they load, unless the operator set them.
+
+    ``apply_thread_limits`` reaches OpenMP only in the thread that calls it (an OpenMP setting is per
+    thread), while FAISS searches run in the API's request threads: those start from these variables.
+    ``serve`` calls this before uvicorn starts (and imports the app in) its worker processes.
+    """
+    for var in THREAD_ENV_VARS:
+        os.environ.setdefault(var, str(threads))
+    return {var: os.environ[var] for var in THREAD_ENV_VARS}
