@@ -46,7 +46,7 @@ def test_export_checks_openvino_against_torch_beside_the_fp32_file(ov_setup):
 
 def test_openvino_gives_torchs_vectors_and_fingerprint(ov_setup):
     settings, torch_encoder, _ = ov_setup
-    for hint in ("LATENCY", "THROUGHPUT"):
+    for hint in (None, "LATENCY", "THROUGHPUT"):
         encoder = OpenVinoImageEncoder.from_models_dir(MODEL, settings.models_dir, threads=2, hint=hint)
         assert encoder.fingerprint.id == torch_encoder.fingerprint.id and encoder.fingerprint.runtime == "openvino"
         photos = [random_photo(i) for i in range(5)]
@@ -55,6 +55,19 @@ def test_openvino_gives_torchs_vectors_and_fingerprint(ov_setup):
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
         assert np.sum(torch_encoder.embed(photos) * got, axis=1).min() >= 0.9999
     assert isinstance(create_encoder(settings.model_copy(update={"runtime": "openvino"})), OpenVinoImageEncoder)
+
+
+def test_searches_run_on_the_latency_plan_and_batches_on_the_throughput_plan(ov_setup):
+    settings, torch_encoder, _ = ov_setup
+    encoder = create_encoder(settings.model_copy(update={"runtime": "openvino"})).load()
+    assert set(encoder._compiled) == {"LATENCY"}  # the start compiles only what a search needs
+    one = encoder.embed_one(random_photo(7))
+    assert set(encoder._compiled) == {"LATENCY"}
+    photos = [random_photo(i) for i in range(openvino_runtime.THROUGHPUT_MIN_BATCH)]
+    batch = encoder.embed(photos)
+    assert set(encoder._compiled) == {"LATENCY", "THROUGHPUT"}
+    assert np.sum(torch_encoder.embed(photos) * batch, axis=1).min() >= 0.9999
+    np.testing.assert_allclose(encoder.embed(photos[:1] + [random_photo(7)] * 3)[3], one, atol=1e-5)
 
 
 def test_missing_check_says_how_to_make_it(tmp_path):

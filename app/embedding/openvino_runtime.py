@@ -31,25 +31,74 @@ RUNTIME = "openvino"
 # LATENCY: one stream using every thread, best for one search at a time. THROUGHPUT: several streams,
 # each running its share of a batch at once, best for batches (scans, index rebuilds).
 HINTS = ("LATENCY", "THROUGHPUT")
+# From this many images a forward pass goes to the throughput-compiled model (when the hint is adaptive).
+THROUGHPUT_MIN_BATCH = 4
+
+
+class _Compiled:
+    """One compiled model and its idle infer requests (a request must not be shared between threads)."""
+
+    def __init__(self, compiled):
+        self.model = compiled
+        self.streams = max(1, int(compiled.get_property("NUM_STREAMS")))
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            request = self._idle.pop() if self._idle else self.model.create_infer_request()
+        try:
+            request.infer({0: batch})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.streams == 1 or len(batch) == 1:
+            return self.infer(batch)
+        # Each throughput stream runs one slice of the batch, all at once.
+        parts = np.array_split(batch, min(self.streams, len(batch)))
+        results: list = [None] * len(parts)
+        errors: list[BaseException] = []
+
+        def run_part(i: int) -> None:
+            try:
+                results[i] = self.infer(parts[i])
+            except BaseException as exc:  # re-raised in the calling thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run_part, args=(i,)) for i in range(1, len(parts))]
+        for t in threads:
+            t.start()
+        run_part(0)
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return np.concatenate(results)
 
 
 class OpenVinoImageEncoder(OnnxImageEncoder):
-    """The fp32 ONNX export compiled by OpenVINO for the CPU."""
+    """The fp32 ONNX export compiled by OpenVINO for the CPU.
+
+    With no fixed ``hint`` it is compiled for latency (searches), and a second time for throughput
+    the first time a batch of ``THROUGHPUT_MIN_BATCH`` or more arrives (index rebuilds, imports, scans):
+    the start stays quick and batches get the faster plan. Both give the same vectors.
+    """
 
     def __init__(self, path: Path, meta: dict, batch_size: int = 16, threads: int | None = None,
-                 hint: str = "LATENCY"):
+                 hint: str | None = None):
         super().__init__(path, meta, batch_size=batch_size, threads=threads)
-        if hint not in HINTS:
+        if hint is not None and hint not in HINTS:
             raise ValueError(f"unknown OpenVINO performance hint {hint!r}: use one of {', '.join(HINTS)}")
         self.hint = hint
-        self._compiled = None
-        self._requests: list = []  # idle infer requests: one request is not safe to share between threads
-        self._requests_lock = threading.Lock()
-        self.streams = 1
+        self._compiled: dict[str, _Compiled] = {}
+        self._compile_lock = threading.Lock()
 
     @classmethod
     def from_models_dir(cls, model: str, models_dir: Path, runtime: str = RUNTIME, batch_size: int = 16,
-                        threads: int | None = None, hint: str = "LATENCY") -> "OpenVinoImageEncoder":
+                        threads: int | None = None, hint: str | None = None) -> "OpenVinoImageEncoder":
         path, sidecar = export_paths(models_dir, model, RUNTIME)
         try:
             meta = json.loads(sidecar.read_text())
@@ -61,54 +110,39 @@ class OpenVinoImageEncoder(OnnxImageEncoder):
         return cls(path, meta, batch_size=batch_size, threads=threads, hint=hint)
 
     def _load(self) -> None:
-        import openvino as ov
-
         if not self.path.is_file():
             raise ModelUnavailable(f"{self.path} is missing: run `heritage-match models export --openvino`.")
         if file_sha256(self.path) != self.meta["onnx_sha256"]:
             raise ModelUnavailable(f"{self.path} does not match its sidecar: run "
                                    "`heritage-match models export --openvino`.")
-        config = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": "f32"}
+        self._compiled_for(self.hint or "LATENCY")
+
+    def _compiled_for(self, hint: str) -> _Compiled:
+        compiled = self._compiled.get(hint)
+        if compiled is None:
+            with self._compile_lock:
+                compiled = self._compiled.get(hint)
+                if compiled is None:
+                    compiled = self._compiled[hint] = _Compiled(self._compile(hint))
+        return compiled
+
+    def _compile(self, hint: str):
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-        core = ov.Core()
-        self._compiled = core.compile_model(str(self.path), "CPU", config)
-        self.streams = max(1, int(self._compiled.get_property("NUM_STREAMS")))
+        return ov.Core().compile_model(str(self.path), "CPU", config)
+
+    @property
+    def streams(self) -> int:
+        """Streams of the plan that batches run on (compiles it if needed)."""
+        return self._compiled_for(self.hint or "THROUGHPUT").streams
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, np.float32)
-        if self.streams == 1 or len(batch) == 1:
-            return self._infer(batch)
-        # Throughput streams each run one slice of the batch, all at once.
-        parts = np.array_split(batch, min(self.streams, len(batch)))
-        results: list[np.ndarray | None] = [None] * len(parts)
-        errors: list[BaseException] = []
-
-        def run(i: int) -> None:
-            try:
-                results[i] = self._infer(parts[i])
-            except BaseException as exc:  # re-raised in the calling thread below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(1, len(parts))]
-        for t in threads:
-            t.start()
-        run(0)
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return np.concatenate(results)
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        with self._requests_lock:
-            request = self._requests.pop() if self._requests else self._compiled.create_infer_request()
-        try:
-            request.infer({0: batch})
-            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-        finally:
-            with self._requests_lock:
-                self._requests.append(request)
+        hint = self.hint or ("THROUGHPUT" if len(batch) >= THROUGHPUT_MIN_BATCH else "LATENCY")
+        return self._compiled_for(hint).run(batch)
 
 
 def export_openvino(source: ImageEncoder, model: str, models_dir: Path,
