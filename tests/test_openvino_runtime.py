@@ -131,3 +131,26 @@ def test_cli_exports_for_openvino(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "HM_RUNTIME=openvino" in result.output
     assert all(p.is_file() for p in export_paths(tmp_path / "models", MODEL, "openvino"))
+
+
+def test_with_hm_runtime_onnx_batches_run_on_the_checked_openvino_plan(ov_setup, tmp_path):
+    settings, torch_encoder, _ = ov_setup
+    onnx = create_encoder(settings.model_copy(update={"runtime": "onnx"})).load()
+    photos = [random_photo(i) for i in range(6)]
+    got = onnx.embed(photos)
+    batch_encoder = onnx.batch_encoder()
+    assert isinstance(batch_encoder, OpenVinoImageEncoder) and batch_encoder.hint == "THROUGHPUT"
+    assert np.sum(torch_encoder.embed(photos) * got, axis=1).min() >= 0.9999
+    assert onnx.fingerprint.id == torch_encoder.fingerprint.id
+
+    # Without OpenVINO's check beside the file, ONNX Runtime runs the batches itself.
+    import shutil
+
+    path, sidecar = export_paths(settings.models_dir, MODEL, "onnx")
+    alone = tmp_path / "models"
+    (alone / "onnx").mkdir(parents=True)
+    for f in (path, sidecar):
+        shutil.copy(f, alone / "onnx" / f.name)
+    unchecked = create_encoder(settings.model_copy(update={"runtime": "onnx", "models_dir": alone}))
+    np.testing.assert_allclose(unchecked.embed(photos), got, atol=1e-4)
+    assert unchecked.batch_encoder() is None
