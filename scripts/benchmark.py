@@ -57,6 +57,14 @@ BATCH_RUNTIME = "openvino"
 ARCH = "ViT-B-32"
 
 
+_T0 = time.perf_counter()
+
+
+def stage(name: str) -> None:
+    """Progress on stderr: a full run takes many minutes on 2 cores."""
+    print(f"[{time.perf_counter() - _T0:6.0f} s] {name}", file=sys.stderr, flush=True)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -278,6 +286,8 @@ def search_at(n: int, dim: int, queries: int, seed: int = 0) -> dict:
     """Exact flat search against the project's index for ``n`` vectors: ms per query, recall@10."""
     import faiss
 
+    stage(f"search among {n:,} vectors")
+
     from app.index import VectorIndex
 
     rng = np.random.default_rng(seed)
@@ -325,6 +335,7 @@ def run(args) -> dict:
     base = Settings(model=model, models_dir=models_dir, data_dir=work_dir / "data", device="cpu")
     repeats, photos_n = (3, 8) if args.quick else (args.repeats, 64)
 
+    stage("model and exports")
     torch_encoder = create_torch_encoder(base).load()
     metas = ensure_exports(torch_encoder, model, models_dir)
     fp32 = create_encoder(base.model_copy(update={"runtime": "onnx"})).load()
@@ -341,6 +352,7 @@ def run(args) -> dict:
     per_image = image_gflop(torch_encoder._visual, torch_encoder.preprocessing.size)
     r.update(matmul_gflops=gflops, gflop_per_image=per_image, ceiling_img_per_s=gflops / per_image)
 
+    stage("12 MP queries")
     jpeg = phone_jpeg()
     naive = naive_query(model, models_dir, jpeg, repeats)
     queries = project_queries(project, jpeg, repeats)
@@ -352,6 +364,7 @@ def run(args) -> dict:
         query_with_regions_latency_ms_p95=percentile(queries[True], 95),
     )
 
+    stage("batches")
     photos = decoded_photos(photos_n)
     encoders = {"torch": torch_encoder, "onnx": fp32, "onnx-int8": int8, "openvino": openvino,
                 "openvino-latency": openvino_latency}
@@ -375,11 +388,12 @@ def run(args) -> dict:
     r["int8_cosine_min"] = float(min(np.sum(reference * int8.embed(photos), axis=1).min(),
                                      metas["onnx-int8"]["parity"]["cosine_min"]))
 
-    project_encoder = {"torch": torch_encoder, "onnx": fp32, "onnx-int8": int8, "openvino": openvino}[args.runtime]
-    project_encoder.batch_size = Settings().batch_size
+    stage("micro-batching")
+    project_encoder = create_encoder(project).load()  # as the service builds it
     r["micro_batching"] = micro_batching(project_encoder, photos, callers=args.callers, rounds=2 if args.quick else 4,
                                          repeats=repeats)
 
+    stage("cold starts")
     torch_start = cold_start(base.model_copy(update={"data_dir": work_dir / "cold-torch"}), "torch")
     project_start = cold_start(project.model_copy(update={"data_dir": work_dir / "cold-project"}), args.runtime)
     r.update(naive_cold_start_s=torch_start["wall_s"], cold_start_s=project_start["wall_s"],
