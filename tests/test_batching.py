@@ -98,7 +98,7 @@ def test_requests_queued_while_a_batch_runs_share_the_next_forward_pass():
         assert inner.entered.wait(10)  # the worker is inside the first pass, held by the gate
         rest = [pool.submit(batched.embed, photos(i, 1)) for i in range(1, 8)]
         deadline = time.monotonic() + 10
-        while batched._queue.qsize() < 7 and time.monotonic() < deadline:
+        while len(batched._requests) < 7 and time.monotonic() < deadline:
             time.sleep(0.005)
         inner.gate.set()
         results = [first.result(10)] + [f.result(10) for f in rest]
@@ -119,7 +119,7 @@ def test_a_failing_input_fails_only_its_own_caller():
         good = [pool.submit(batched.embed, photos(i, 2)) for i in range(1, 5)]
         bad = pool.submit(batched.embed, [poisoned(9)])
         deadline = time.monotonic() + 10
-        while batched._queue.qsize() < 5 and time.monotonic() < deadline:
+        while len(batched._requests) < 5 and time.monotonic() < deadline:
             time.sleep(0.005)
         inner.gate.set()
         first.result(10)
@@ -157,7 +157,7 @@ def test_close_finishes_requests_already_queued():
         assert inner.entered.wait(10)
         futures += [pool.submit(batched.embed, photos(i, 1)) for i in range(1, 4)]
         deadline = time.monotonic() + 10
-        while batched._queue.qsize() < 3 and time.monotonic() < deadline:
+        while len(batched._requests) < 3 and time.monotonic() < deadline:
             time.sleep(0.005)
         closer = threading.Thread(target=batched.close)
         closer.start()
@@ -202,3 +202,45 @@ def test_api_searches_go_through_the_batcher(settings, monkeypatch):
         assert service.encoder.batch_sizes  # the search's embedding went through the queue
         worker = service.encoder._worker
     assert worker is not None and not worker.is_alive()  # shut down with the app
+
+
+class SlowPreprocessing:
+    """The model's preprocessing, held for pictures whose top-left pixel is pure green until released."""
+
+    def __init__(self, inner: Preprocessing):
+        self.inner = inner
+        self.size = inner.size
+        self.release = threading.Event()
+
+    def batch(self, images):
+        if any(img.getpixel((0, 0)) == (0, 255, 0) for img in images):
+            assert self.release.wait(10)
+        return self.inner.batch(images)
+
+
+def test_a_batch_waits_for_callers_still_preparing_and_a_lone_caller_never_waits():
+    inner = ColourEncoder()
+    slow = SlowPreprocessing(inner.preprocessing)
+    inner.preprocessing = slow
+    batched = BatchingEncoder(inner, wait_ms=60_000, max_batch=16)  # a wait no test could sit out
+    t = time.monotonic()
+    alone = batched.embed(photos(1, 1))
+    assert time.monotonic() - t < 30 and inner.passes == [1]  # nobody else in sight: no wait
+    np.testing.assert_allclose(alone, ColourEncoder().embed(photos(1, 1)), rtol=1e-6)
+
+    late = photos(2, 1)[0]
+    late.putpixel((0, 0), (0, 255, 0))
+    with ThreadPoolExecutor(2) as pool:
+        preparing = pool.submit(batched.embed, [late])
+        deadline = time.monotonic() + 10
+        while batched._preparing < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ready = pool.submit(batched.embed, photos(3, 1))
+        while batched._requests and time.monotonic() < deadline:
+            time.sleep(0.005)  # the worker took the ready request and is waiting for the preparing one
+        time.sleep(0.05)
+        assert inner.passes == [1]
+        slow.release.set()
+        preparing.result(10), ready.result(10)
+    batched.close()
+    assert inner.passes == [1, 2]  # the two went through together

@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         "divided by HM_WORKERS, at least 1, so that workers do not oversubscribe the cores).",
     )
     batch_wait_ms: float = Field(
-        5, ge=0, description="Serving: how long a search's embedding waits for concurrent ones to share its "
-        "forward pass (micro-batching)."
+        20, ge=0, description="Serving: how long a forward pass may wait for concurrent searches that are "
+        "preparing their images to join it (micro-batching); a search alone never waits."
     )
     max_batch: int = Field(
         16, ge=1, description="Serving: most images in one micro-batch; 1 turns micro-batching off."

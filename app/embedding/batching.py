@@ -2,11 +2,14 @@
 
 FastAPI runs the search route in a thread pool, so concurrent searches call ``embed`` from several
 threads at once. Run separately, their forward passes compete for the same cores (each runtime
-spreads one pass over every core) and each pays the per-call overhead of a batch of one. The
-``BatchingEncoder`` puts each call's preprocessed pixels on a queue; one worker thread takes the first
-request, waits at most ``wait_ms`` for others (up to ``max_batch`` images in all), runs them as one
-batch and hands every caller its own rows. Requests that arrive while a batch runs are merged into the
-next one without any wait, so even ``wait_ms=0`` batches under load.
+spreads one pass over every core) and each pays the per-call overhead of a small batch. The
+``BatchingEncoder`` queues each call's preprocessed pixels; one worker thread takes the oldest request
+with every queued one that fits (up to ``max_batch`` images), runs them as one batch and hands every
+caller exactly its own rows. Requests that arrive while a batch runs join the next one.
+
+Before running a batch the worker waits, at most ``wait_ms``, for callers that have already entered
+``embed`` and are still preprocessing: concurrent searches reach the model a few milliseconds apart.
+It never waits when no other caller is in sight, so a search alone is not slowed at all.
 
 Preprocessing stays in the caller's thread (it runs in parallel and its errors stay with their
 caller); a call with more images than ``max_batch`` (an index rebuild) goes straight to the wrapped
@@ -16,9 +19,9 @@ encoder, which preprocesses it chunk by chunk.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +33,6 @@ from app.embedding.base import ImageEncoder, ModelFingerprint
 from app.embedding.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
-
-_STOP = object()  # tells the worker to finish the batch in hand and exit
 
 
 @dataclass
@@ -50,8 +51,9 @@ class BatchingEncoder(ImageEncoder):
         self.inner = inner
         self.wait_s = wait_ms / 1000.0
         self.max_batch = max_batch
-        self._queue: queue.Queue = queue.Queue()
-        self._state_lock = threading.Lock()  # orders enqueueing against close()
+        self._requests: deque[_Request] = deque()
+        self._preparing = 0  # callers between entering embed and queueing their pixels
+        self._cond = threading.Condition()  # guards the three fields above and the two below
         self._worker: threading.Thread | None = None
         self._closed = False
         self.batch_sizes: list[int] = []  # images per forward pass the worker ran, newest last (bounded)
@@ -125,17 +127,24 @@ class BatchingEncoder(ImageEncoder):
         if len(images) > self.max_batch:
             return self.inner.embed(images)  # chunked preprocessing keeps a large request's memory bounded
         self.inner.load()  # loads in this thread, so a load error reaches this caller
-        pixels = self.preprocessing.batch(images)
-        request = _Request(pixels)
-        with self._state_lock:
-            if self._closed:
-                queued = False
-            else:
-                self._ensure_worker()
-                self._queue.put(request)
-                queued = True
-        if not queued:  # after close(): no worker to batch with, embed directly
-            return self.inner.embed_pixels(pixels)
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._preparing += 1  # a batch about to run waits for this caller (at most wait_ms)
+        if closed:  # after close(): no worker to batch with, embed directly
+            return self.inner.embed(images)
+        try:
+            request = _Request(self.preprocessing.batch(images))
+        except BaseException:
+            with self._cond:
+                self._preparing -= 1
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._preparing -= 1
+            self._requests.append(request)
+            self._ensure_worker()
+            self._cond.notify_all()
         return request.result.result()
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -143,47 +152,46 @@ class BatchingEncoder(ImageEncoder):
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the requests already queued and stop the worker; later calls embed directly."""
-        with self._state_lock:
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
             worker = self._worker
-            if worker is not None:
-                self._queue.put(_STOP)
+            self._cond.notify_all()
         if worker is not None:
             worker.join(timeout)
 
-    def _ensure_worker(self) -> None:
+    def _ensure_worker(self) -> None:  # under the lock
         if self._worker is None:
             self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
             self._worker.start()
 
-    def _run(self) -> None:
-        carried = None
-        while True:
-            first = carried if carried is not None else self._queue.get()
-            carried = None
-            if first is _STOP:
-                return
-            batch, rows, stop = [first], len(first.pixels), False
+    def _next_batch(self) -> list[_Request] | None:
+        """The next batch: the oldest request, those queued behind it that fit, and those of callers still
+        preparing their images if they come within ``wait_ms``. None once closed with nothing left."""
+        with self._cond:
+            while not self._requests:
+                if self._closed and not self._preparing:
+                    return None
+                self._cond.wait()
+            batch = [self._requests.popleft()]
+            rows = len(batch[0].pixels)
             deadline = time.monotonic() + self.wait_s
-            while rows < self.max_batch:
+            while True:
+                while self._requests and rows + len(self._requests[0].pixels) <= self.max_batch:
+                    batch.append(self._requests.popleft())
+                    rows += len(batch[-1].pixels)
+                if rows >= self.max_batch or self._requests:  # full, or the next request starts the next batch
+                    return batch
+                # Wait only for callers already preparing theirs: a caller alone never waits.
                 remaining = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                if rows + len(item.pixels) > self.max_batch:
-                    carried = item  # starts the next batch
-                    break
-                batch.append(item)
-                rows += len(item.pixels)
+                if not self._preparing or remaining <= 0:
+                    return batch
+                self._cond.wait(remaining)
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
             self._run_batch(batch)
-            if stop:
-                return
 
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
