@@ -39,10 +39,15 @@ class _Compiled:
     """One compiled model and its idle infer requests (a request must not be shared between threads)."""
 
     def __init__(self, compiled):
+        import openvino as ov
+
         self.model = compiled
         self.streams = max(1, int(compiled.get_property("NUM_STREAMS")))
         self._idle: list = []
         self._lock = threading.Lock()
+        # OpenVINO's bindings set up their NumPy bridge on first use, under a lock that waits for the GIL:
+        # two threads reading their first outputs at once deadlock. Set it up here, in one thread.
+        ov.Tensor(np.zeros(1, np.float32)).data
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
