@@ -168,9 +168,12 @@ def decoded_photos(count: int) -> list[Image.Image]:
 
 def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     """Unit vectors in clusters of about 20, like views of related objects (uniform noise is no registry)."""
-    centres = rng.standard_normal((max(1, n // 20), dim)).astype(np.float32)
-    vecs = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
-    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    centres = rng.standard_normal((max(1, n // 20), dim), dtype=np.float32)
+    vecs = centres[rng.integers(0, len(centres), n)]
+    # In place and in float32: at 1M vectors float64 temporaries would take several more GB.
+    vecs += 0.6 * rng.standard_normal((n, dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs
 
 
 # --- the measurements ----------------------------------------------------------------------------
