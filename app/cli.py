@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -71,14 +72,24 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def serve(
     host: Optional[str] = typer.Option(None, help="Default: HM_HOST (127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Default: HM_PORT (8000)."),
-    workers: int = typer.Option(1, help="uvicorn worker processes."),
+    workers: Optional[int] = typer.Option(None, min=1, help="uvicorn worker processes (default: HM_WORKERS, 1)."),
 ):
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from app.core.threads import intra_op_threads, set_thread_environment
+
     settings = get_settings()
+    if workers is not None and workers != settings.workers:
+        # Worker processes read their settings from the environment: they must know how many share the cores.
+        os.environ["HM_WORKERS"] = str(workers)
+        get_settings.cache_clear()
+        settings = get_settings()
+    threads = intra_op_threads(settings)
+    if threads:  # before the workers load any library: OpenMP pools size themselves when loaded
+        set_thread_environment(threads)
     uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers)
+                workers=settings.workers)
 
 
 @app.command()
@@ -259,16 +270,25 @@ def models_fetch(
 def models_export(
     int8: bool = typer.Option(False, "--int8", help="Also quantise the weights to int8 (per channel): faster, "
                               "its own fingerprint, needs HM_RUNTIME=onnx-int8."),
+    openvino: bool = typer.Option(False, "--openvino", help="Check OpenVINO on the fp32 export (made if missing) "
+                                  "for HM_RUNTIME=openvino: same vectors as torch."),
 ):
     """Export the active model (HM_MODEL) to ONNX for HM_RUNTIME=onnx, checked against torch on real photos."""
     from app.embedding import create_torch_encoder, resolve_model
     from app.embedding.onnx_runtime import ExportRefused, export_onnx
 
+    if int8 and openvino:
+        _fail("OpenVINO runs the fp32 export: use --int8 and --openvino one at a time.")
     settings = get_settings().model_copy(update={"runtime": "torch", "device": "cpu"})
     model = resolve_model(settings)
     encoder = create_torch_encoder(settings.model_copy(update={"model": model}))
     try:
-        meta = export_onnx(encoder, model, settings.models_dir, int8=int8)
+        if openvino:
+            from app.embedding.openvino_runtime import export_openvino
+
+            meta = export_openvino(encoder, model, settings.models_dir)
+        else:
+            meta = export_onnx(encoder, model, settings.models_dir, int8=int8)
     except ExportRefused as exc:
         _fail(str(exc))
     path = settings.models_dir / "onnx"

@@ -34,3 +34,13 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert r["search_recall_at_10_100k"] >= 0.99 and r["search_ms_100k"] > 0
     assert [s["index"] for s in r["search"]] == ["flat", "ivf"]
     assert "12 MP query" in run.stdout and "search 100,000 vectors (ivf)" in run.stdout
+    # OpenVINO beside ONNX Runtime, and the batch path's fp32 figure is the runtime it uses.
+    assert r["openvino_img_per_s"] > 0 and r["onnx_fp32_img_per_s"] > 0 and r["openvino_cosine_min"] >= 0.9999
+    assert r["batch_img_per_s"] == r["openvino_img_per_s"] and r["batch_runtime"] == "openvino"
+    # Micro-batching: both sides measured in this run, and the ratio is theirs.
+    mb = r["micro_batching"]
+    assert mb["callers"] == 8 and mb["unbatched_img_per_s"] > 0 and mb["batched_img_per_s"] > 0
+    assert r["ratios"]["micro_batching_speed-up"] == mb["batched_img_per_s"] / mb["unbatched_img_per_s"]
+    assert 1 <= mb["mean_batch_images"] <= mb["max_batch"]
+    assert mb["single_unbatched_ms_p50"] > 0 and mb["single_batched_ms_p50"] > 0
+    assert "micro-batched" in run.stdout and "OpenVINO" in run.stdout

@@ -18,6 +18,8 @@ from app.api.deps import PROTECTED_RESPONSES
 from app.api.middleware import Authenticate, BodySizeLimit, SecurityHeaders
 from app.api.routes import artefacts, health, index, keys, photos, search
 from app.core.config import Settings, get_settings
+from app.core.threads import apply_thread_limits, intra_op_threads
+from app.embedding import create_serving_encoder
 from app.errors import AppError
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
@@ -38,7 +40,13 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         owned = service is None
-        app.state.service = service or MatchingService(settings)
+        if owned:
+            threads = intra_op_threads(settings)
+            if threads:  # several workers share the cores: each gets its part, in every library
+                apply_thread_limits(threads)
+            app.state.service = MatchingService(settings, encoder=create_serving_encoder(settings))
+        else:
+            app.state.service = service
         app.state.service.start()
         app.state.keys = KeyStore(app.state.service.store.sessions)
         app.state.audit = AuditLog(app.state.service.store.sessions)
@@ -51,6 +59,9 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                  app.state.service.index.count if app.state.service.index else 0)
         yield
         if owned:
+            close_encoder = getattr(app.state.service.encoder, "close", None)
+            if close_encoder is not None:  # the micro-batcher finishes queued requests and stops its thread
+                close_encoder()
             app.state.service.close()
 
     # The docs pages' scripts are served from the package: posts without internet still get /docs.

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,9 +25,10 @@ class Settings(BaseSettings):
     clip_default: str = Field(
         "clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."
     )
-    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+    runtime: Literal["torch", "onnx", "onnx-int8", "openvino"] = Field(
         "torch", description="What runs the image encoder: torch, or on CPU an export made by "
-        "`heritage-match models export` (onnx: same vectors as torch; onnx-int8: faster, its own fingerprint)."
+        "`heritage-match models export` (onnx and openvino: same vectors as torch; onnx-int8: faster, "
+        "its own fingerprint)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
     host: str = "127.0.0.1"
@@ -53,8 +54,18 @@ class Settings(BaseSettings):
     region_proposals: bool = Field(
         True, description="Also search object regions of the query photo (several objects, clutter)."
     )
-    torch_threads: int | None = Field(
-        None, description="Threads torch, or ONNX Runtime, may use (default: the runtime's choice)."
+    workers: int = Field(1, ge=1, description="uvicorn worker processes of `heritage-match serve`.")
+    threads: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("HM_THREADS", "HM_TORCH_THREADS", "threads"),
+        description="Threads each process gives the model runtime, OpenCV, BLAS and FAISS (default: CPU cores "
+        "divided by HM_WORKERS, at least 1, so that workers do not oversubscribe the cores).",
+    )
+    batch_wait_ms: float = Field(
+        20, ge=0, description="Serving: how long a forward pass may wait for concurrent searches that are "
+        "preparing their images to join it (micro-batching); a search alone never waits."
+    )
+    max_batch: int = Field(
+        16, ge=1, description="Serving: most images in one micro-batch; 1 turns micro-batching off."
     )
     auth: bool = Field(
         True, description="Require an API key on every endpoint but /healthz and /readyz. false: every "

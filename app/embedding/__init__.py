@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 OFFLINE_MODEL = "efficientnet-lite0"
 
-__all__ = ["ImageEncoder", "ModelFingerprint", "create_encoder", "resolve_model", "resolve_device"]
+__all__ = ["ImageEncoder", "ModelFingerprint", "create_encoder", "create_serving_encoder", "resolve_model",
+           "resolve_device"]
 
 
 def resolve_model(settings: Settings) -> str:
@@ -46,12 +47,23 @@ def resolve_device(settings: Settings) -> str:
 
 def create_encoder(settings: Settings) -> ImageEncoder:
     if settings.runtime != "torch":
-        return _create_onnx_encoder(settings)
+        return _create_exported_encoder(settings)
     return create_torch_encoder(settings)
 
 
-def _create_onnx_encoder(settings: Settings) -> ImageEncoder:
+def create_serving_encoder(settings: Settings) -> ImageEncoder:
+    """The encoder of an API process: concurrent searches share forward passes (``HM_MAX_BATCH`` > 1)."""
+    encoder = create_encoder(settings)
+    if settings.max_batch <= 1:
+        return encoder
+    from app.embedding.batching import BatchingEncoder
+
+    return BatchingEncoder(encoder, wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch)
+
+
+def _create_exported_encoder(settings: Settings) -> ImageEncoder:
     """The exported model; found from settings alone, so that torch is never imported."""
+    from app.core.threads import intra_op_threads
     from app.embedding.onnx_runtime import OnnxImageEncoder, has_export
 
     if settings.device == "cuda":
@@ -60,17 +72,26 @@ def _create_onnx_encoder(settings: Settings) -> ImageEncoder:
     if spec == "auto":  # resolve_model would import open_clip to look for weights: look for exports first
         exported = [m for m in (settings.clip_default, OFFLINE_MODEL) if has_export(settings.models_dir, m, settings.runtime)]
         spec = exported[0] if exported else resolve_model(settings)
+    threads = intra_op_threads(settings)
+    if settings.runtime == "openvino":
+        from app.embedding.openvino_runtime import OpenVinoImageEncoder
+
+        return OpenVinoImageEncoder.from_models_dir(spec, settings.models_dir, batch_size=settings.batch_size,
+                                                    threads=threads)
     return OnnxImageEncoder.from_models_dir(spec, settings.models_dir, settings.runtime,
-                                            batch_size=settings.batch_size, threads=settings.torch_threads)
+                                            batch_size=settings.batch_size, threads=threads)
 
 
 def create_torch_encoder(settings: Settings) -> ImageEncoder:
+    from app.core.threads import intra_op_threads
+
     spec = resolve_model(settings)
     device = resolve_device(settings)
-    if settings.torch_threads:
+    threads = intra_op_threads(settings)
+    if threads:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(threads)
     if spec == OFFLINE_MODEL:
         from app.embedding.efficientnet import EfficientNetLiteEncoder
 

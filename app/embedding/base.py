@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Runtimes whose vectors equal torch's (cosine >= 0.9999, checked at export): they share torch's
 # fingerprint, so an index and a calibration stay valid when only the runtime changes.
-EXACT_RUNTIMES = ("torch", "onnx")
+EXACT_RUNTIMES = ("torch", "onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,18 @@ class ImageEncoder(ABC):
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             out[start : start + len(chunk)] = self._forward(self.preprocessing.batch(chunk))
+        return l2_normalise(out)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed already preprocessed inputs (N, 3, H, W) in batches; returns (N, dim) unit rows.
+
+        For callers that preprocess elsewhere (the micro-batcher preprocesses in each request's thread).
+        """
+        self.load()
+        out = np.zeros((len(pixels), self.dim), dtype=np.float32)
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start : start + self.batch_size]
+            out[start : start + len(chunk)] = self._forward(chunk)
         return l2_normalise(out)
 
     def embed_one(self, image: Image.Image) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
+from app.embedding.torch_inference import run_module
 from app.errors import ModelUnavailable
 
 # open_clip's defaults for checkpoints without a pretrained config (OpenAI's CLIP statistics).
@@ -152,8 +153,4 @@ class ClipEncoder(ImageEncoder):
         return self._visual
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device)
-            return self._visual(x).float().cpu().numpy()
+        return run_module(self._visual, batch, self.device)  # fp16 autocast on CUDA

@@ -9,6 +9,7 @@ import numpy as np
 
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
+from app.embedding.torch_inference import run_module
 from app.errors import ModelUnavailable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,6 +30,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
             batch_size=batch_size,
         )
         self._net = None
+        self._descriptor = None
 
     def weights_path(self) -> Path:
         try:
@@ -45,11 +47,6 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights_path()))
         self._net = net.eval().to(self.device)
-
-    def export_module(self):
-        import torch
-
-        self.load()
         net = self._net
 
         class GemDescriptor(torch.nn.Module):
@@ -58,16 +55,17 @@ class EfficientNetLiteEncoder(ImageEncoder):
                 self.net = net
 
             def forward(self, x):
-                return gem_pool(self.net.extract_features(x))
+                # GeM's cube and cube root overflow fp16: pooled in fp32 even under autocast.
+                return gem_pool(self.net.extract_features(x).float())
 
-        return GemDescriptor().eval()
+        self._descriptor = GemDescriptor().eval()
+
+    def export_module(self):
+        self.load()
+        return self._descriptor
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device)
-            return gem_pool(self._net.extract_features(x)).float().cpu().numpy()
+        return run_module(self._descriptor, batch, self.device)  # fp16 autocast on CUDA
 
 
 def gem_pool(features):

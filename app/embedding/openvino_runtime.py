@@ -1,0 +1,184 @@
+"""OpenVINO on CPU for the image encoder, reading the fp32 ONNX export directly.
+
+OpenVINO compiles the same ``.onnx`` file that ``HM_RUNTIME=onnx`` runs; ``export_openvino`` checks
+its output against torch on real photos (cosine >= 0.9999, as for ONNX fp32) and records that in its
+own sidecar (``<model>.openvino.json`` beside the ``.onnx``). Refused below the threshold, nothing is
+written. Its vectors then share torch's fingerprint. Like the ONNX backend, it never imports torch.
+
+Precision is pinned to f32: on CPUs with bf16 units OpenVINO would otherwise run in bf16 and drift.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.embedding.base import ImageEncoder, file_sha256
+from app.embedding.onnx_runtime import (
+    BATCH_MIN_IMAGES, FP32_MIN_COSINE, ExportRefused, OnnxImageEncoder, export_onnx, export_paths, has_export, parity_images,
+)
+from app.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+RUNTIME = "openvino"
+# LATENCY: one stream using every thread, best for one search at a time. THROUGHPUT: several streams,
+# each running its share of a batch at once, best for batches (scans, index rebuilds).
+HINTS = ("LATENCY", "THROUGHPUT")
+# From this many images a forward pass goes to the throughput-compiled model (when the hint is adaptive).
+THROUGHPUT_MIN_BATCH = BATCH_MIN_IMAGES
+
+
+class _Compiled:
+    """One compiled model and its idle infer requests (a request must not be shared between threads)."""
+
+    def __init__(self, compiled):
+        import openvino as ov
+
+        self.model = compiled
+        self.streams = max(1, int(compiled.get_property("NUM_STREAMS")))
+        self._idle: list = []
+        self._lock = threading.Lock()
+        # OpenVINO's bindings set up their NumPy bridge on first use, under a lock that waits for the GIL:
+        # two threads reading their first outputs at once deadlock. Set it up here, in one thread.
+        ov.Tensor(np.zeros(1, np.float32)).data
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            request = self._idle.pop() if self._idle else self.model.create_infer_request()
+        try:
+            request.infer({0: batch})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.streams == 1 or len(batch) == 1:
+            return self.infer(batch)
+        # Each throughput stream runs one slice of the batch, all at once.
+        parts = np.array_split(batch, min(self.streams, len(batch)))
+        results: list = [None] * len(parts)
+        errors: list[BaseException] = []
+
+        def run_part(i: int) -> None:
+            try:
+                results[i] = self.infer(parts[i])
+            except BaseException as exc:  # re-raised in the calling thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run_part, args=(i,)) for i in range(1, len(parts))]
+        for t in threads:
+            t.start()
+        run_part(0)
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return np.concatenate(results)
+
+
+class OpenVinoImageEncoder(OnnxImageEncoder):
+    """The fp32 ONNX export compiled by OpenVINO for the CPU.
+
+    With no fixed ``hint`` it is compiled for latency (searches), and a second time for throughput
+    the first time a batch of ``THROUGHPUT_MIN_BATCH`` or more arrives (index rebuilds, imports, scans):
+    the start stays quick and batches get the faster plan. Both give the same vectors.
+    """
+
+    def __init__(self, path: Path, meta: dict, batch_size: int = 16, threads: int | None = None,
+                 hint: str | None = None):
+        super().__init__(path, meta, batch_size=batch_size, threads=threads, batches_on_openvino=False)
+        if hint is not None and hint not in HINTS:
+            raise ValueError(f"unknown OpenVINO performance hint {hint!r}: use one of {', '.join(HINTS)}")
+        self.hint = hint
+        self._compiled: dict[str, _Compiled] = {}
+        self._compile_lock = threading.Lock()
+
+    @classmethod
+    def from_models_dir(cls, model: str, models_dir: Path, runtime: str = RUNTIME, batch_size: int = 16,
+                        threads: int | None = None, hint: str | None = None) -> "OpenVinoImageEncoder":
+        path, sidecar = export_paths(models_dir, model, RUNTIME)
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"No OpenVINO check of {model} in {Path(models_dir) / 'onnx'}: run "
+                f"`heritage-match models export --openvino` (with HM_MODEL={model}) or set HM_RUNTIME=torch."
+            ) from exc
+        return cls(path, meta, batch_size=batch_size, threads=threads, hint=hint)
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            raise ModelUnavailable(f"{self.path} is missing: run `heritage-match models export --openvino`.")
+        if file_sha256(self.path) != self.meta["onnx_sha256"]:
+            raise ModelUnavailable(f"{self.path} does not match its sidecar: run "
+                                   "`heritage-match models export --openvino`.")
+        self._compiled_for(self.hint or "LATENCY")
+
+    def _compiled_for(self, hint: str) -> _Compiled:
+        compiled = self._compiled.get(hint)
+        if compiled is None:
+            with self._compile_lock:
+                compiled = self._compiled.get(hint)
+                if compiled is None:
+                    compiled = self._compiled[hint] = _Compiled(self._compile(hint))
+        return compiled
+
+    def _compile(self, hint: str):
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return ov.Core().compile_model(str(self.path), "CPU", config)
+
+    @property
+    def streams(self) -> int:
+        """Streams of the plan that batches run on (compiles it if needed)."""
+        return self._compiled_for(self.hint or "THROUGHPUT").streams
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.float32)
+        hint = self.hint or ("THROUGHPUT" if len(batch) >= THROUGHPUT_MIN_BATCH else "LATENCY")
+        return self._compiled_for(hint).run(batch)
+
+
+def export_openvino(source: ImageEncoder, model: str, models_dir: Path,
+                    images: list[Image.Image] | None = None) -> dict:
+    """Check OpenVINO on the fp32 ONNX export of ``source`` against torch, record it; returns the sidecar.
+
+    Makes the fp32 ONNX export first if it is missing. Raises ExportRefused, writing nothing, when
+    OpenVINO's cosine to torch is below ``FP32_MIN_COSINE``.
+    """
+    if not has_export(models_dir, model, "onnx"):
+        export_onnx(source, model, models_dir)
+    path, onnx_sidecar = export_paths(models_dir, model, "onnx")
+    _, sidecar = export_paths(models_dir, model, RUNTIME)
+    meta = {**json.loads(onnx_sidecar.read_text()), "runtime": RUNTIME}
+    if meta["source"]["weights_sha256"] != source.fingerprint.weights_sha256:  # an export of older weights
+        export_onnx(source, model, models_dir)
+        meta = {**json.loads(onnx_sidecar.read_text()), "runtime": RUNTIME}
+    images = images or parity_images()
+    expected = source.embed(images)
+    # Both plans: searches run on the latency one, batches on the throughput one.
+    cosines = np.min([np.sum(expected * OpenVinoImageEncoder(path, meta, batch_size=source.batch_size, hint=hint)
+                             .embed(images), axis=1) for hint in HINTS], axis=0)
+    meta["parity"] = {"images": len(images), "cosine_min": float(cosines.min()),
+                      "cosine_mean": float(cosines.mean()), "required": FP32_MIN_COSINE}
+    if cosines.min() < FP32_MIN_COSINE:
+        raise ExportRefused(
+            f"OpenVINO on the export of {model} reaches cosine {cosines.min():.5f} to torch on {len(images)} photos, "
+            f"below the required {FP32_MIN_COSINE}: not installed."
+        )
+    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, sidecar)
+    log.info("OpenVINO runs %s from %s (cosine to torch >= %.5f)", model, path, cosines.min())
+    return meta
