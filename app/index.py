@@ -256,8 +256,9 @@ class SharedIndex:
 
 # Below this many vector comparisons a search takes microseconds on one thread, while waking
 # OpenMP's threads costs milliseconds whenever the other cores are busy (p90 0.005 ms on one thread
-# against 12 ms on two, measured with 24 vectors on the loaded 2-core machine).
-SMALL_SEARCH = 200_000
+# against 12 ms on two, measured with 24 vectors on the loaded 2-core machine). Kept small: switching
+# the thread count per call has its own cost (10k vectors: 3.9 ms a query with the switch, 1.2 without).
+SMALL_SEARCH = 5_000
 
 
 @contextmanager
