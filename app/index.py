@@ -191,7 +191,9 @@ def _accurate_ivf(ids: np.ndarray, vectors: np.ndarray, dim: int):
     exact = np.argpartition(-(queries @ vectors.T), k - 1, axis=1)[:, :k]
     truth = [set(ids[row]) for row in exact]
     nprobe, recall = 8, 0.0
-    while nprobe <= nlist // 8:  # probing more scans too much of the registry to beat flat search
+    # Up to a quarter of the lists: still 4x less than flat search. At 1M clustered vectors recall@10
+    # reaches 0.99 only near 256 of 4000 lists probed, where an eighth (500) left no room for noise.
+    while nprobe <= nlist // 4:
         ivf.nprobe = nprobe
         _, found = ivf.search(queries, k)
         recall = float(np.mean([len(t & set(f)) / k for t, f in zip(truth, found)]))
@@ -199,7 +201,7 @@ def _accurate_ivf(ids: np.ndarray, vectors: np.ndarray, dim: int):
             log.info("IVF index over %d vectors: %d lists, %d probed, recall@10 %.3f", len(ids), nlist, nprobe, recall)
             return ivf
         nprobe *= 2
-    log.warning("IVF recall@10 %.3f < %.2f over %d vectors probing an eighth of its lists: keeping exact search",
+    log.warning("IVF recall@10 %.3f < %.2f over %d vectors probing a quarter of its lists: keeping exact search",
                 recall, ANN_MIN_RECALL, len(ids))
     return None
 

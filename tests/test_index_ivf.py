@@ -84,7 +84,7 @@ def test_ivf_save_and_load_round_trip(registry, tmp_path):
 
 
 def test_data_ivf_cannot_search_accurately_stays_exact(caplog):
-    # Uniform noise has no clusters: probing an eighth of the lists misses neighbours, so the build keeps flat.
+    # Uniform noise has no clusters: probing a quarter of the lists misses neighbours, so the build keeps flat.
     rng = np.random.default_rng(5)
     vecs = rng.standard_normal((N, 256)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
