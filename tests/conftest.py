@@ -65,6 +65,22 @@ def make_key(service):
     return make
 
 
+ROLES = ("admin", "registrar", "officer", "monitor")
+
+
+@pytest.fixture
+def app(settings, service):
+    from app.api.main import create_app
+
+    return create_app(settings, service=service)
+
+
+@pytest.fixture
+def keys(make_key):
+    """One key per role, named ``<role>-key``: role -> secret."""
+    return {role: make_key(role, f"{role}-key") for role in ROLES}
+
+
 @pytest.fixture(scope="session")
 def coins():
     from app.demo import coin_crops

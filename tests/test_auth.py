@@ -10,9 +10,8 @@ from app.api.main import create_app
 from app.security.keys import KeyStore, hash_key
 from app.security.models import ApiKey
 from app.service import PhotoInput
-from tests.conftest import bearer, jpeg_bytes, random_photo
+from tests.conftest import ROLES, bearer, jpeg_bytes, random_photo
 
-ROLES = ("admin", "registrar", "officer", "monitor")
 WRITERS = {"admin", "registrar"}
 
 # Every endpoint and the roles that may call it. Officers and monitors reach records and photos only
@@ -45,17 +44,6 @@ WEB = {
     ("POST", "/registry/{artefact_id}"), ("POST", "/registry/{artefact_id}/photos"),
 }
 WEB_SIGN_IN = {"/", "/signin", "/signout"}
-
-
-@pytest.fixture
-def app(settings, service):
-    return create_app(settings, service=service)
-
-
-@pytest.fixture
-def keys(service):
-    store = KeyStore(service.store.sessions)
-    return {role: store.create(f"{role}-key", role).token for role in ROLES}
 
 
 @pytest.fixture

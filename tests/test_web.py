@@ -16,21 +16,9 @@ from app.demo import seed_demo
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.web.pages import WEB_CSP
-from tests.conftest import bearer, coin_query, jpeg_bytes, png_bytes, random_photo
+from tests.conftest import ROLES, bearer, coin_query, jpeg_bytes, png_bytes, random_photo
 
-ROLES = ("admin", "registrar", "officer", "monitor")
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture
-def app(settings, service):
-    return create_app(settings, service=service)
-
-
-@pytest.fixture
-def keys(service):
-    store = KeyStore(service.store.sessions)
-    return {role: store.create(f"{role}-key", role).token for role in ROLES}
 
 
 @pytest.fixture

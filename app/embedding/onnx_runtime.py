@@ -44,6 +44,17 @@ class ExportRefused(ValueError):
     """The exported model does not reproduce torch's embeddings closely enough."""
 
 
+def check_parity(cosines: np.ndarray, required: float, what: str) -> dict:
+    """The parity record of an export, from its per-photo cosines to torch; refuses it below ``required``."""
+    if cosines.min() < required:
+        raise ExportRefused(
+            f"{what} reaches cosine {cosines.min():.5f} to torch on {len(cosines)} photos, "
+            f"below the required {required}: not installed."
+        )
+    return {"images": len(cosines), "cosine_min": float(cosines.min()), "cosine_mean": float(cosines.mean()),
+            "required": required}
+
+
 def export_paths(models_dir: Path, model: str, runtime: str) -> tuple[Path, Path]:
     """(model file, sidecar) of ``model`` (an ``HM_MODEL`` spec) exported for ``runtime``."""
     if runtime not in EXPORT_RUNTIMES:
@@ -240,20 +251,13 @@ def export_onnx(source: ImageEncoder, model: str, models_dir: Path, int8: bool =
         exported = OnnxImageEncoder(tmp, meta, batch_size=source.batch_size, batches_on_openvino=False)
         expected = source.embed(images)
         got = exported.embed(images)
-        cosines = np.sum(expected * got, axis=1)
-        meta["parity"] = {"images": len(images), "cosine_min": float(cosines.min()),
-                          "cosine_mean": float(cosines.mean()), "required": threshold}
-        if cosines.min() < threshold:
-            raise ExportRefused(
-                f"{runtime} export of {model} reaches cosine {cosines.min():.5f} to torch on {len(images)} photos, "
-                f"below the required {threshold}: not installed."
-            )
+        meta["parity"] = check_parity(np.sum(expected * got, axis=1), threshold, f"{runtime} export of {model}")
         os.replace(tmp, path)
         file_sha256(path)  # leaves the hash cached beside a large file, so the first start does not hash it
         tmp_meta = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta, indent=2))
         os.replace(tmp_meta, sidecar)
-        log.info("exported %s to %s (cosine to torch >= %.5f)", model, path, cosines.min())
+        log.info("exported %s to %s (cosine to torch >= %.5f)", model, path, meta["parity"]["cosine_min"])
         return meta
     finally:
         # Loading the temp file for the parity check may have cached its hash beside it.

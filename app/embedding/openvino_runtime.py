@@ -21,7 +21,8 @@ from PIL import Image
 
 from app.embedding.base import ImageEncoder, file_sha256
 from app.embedding.onnx_runtime import (
-    BATCH_MIN_IMAGES, FP32_MIN_COSINE, ExportRefused, OnnxImageEncoder, export_onnx, export_paths, has_export, parity_images,
+    BATCH_MIN_IMAGES, FP32_MIN_COSINE, OnnxImageEncoder, check_parity, export_onnx, export_paths, has_export,
+    parity_images,
 )
 from app.errors import ModelUnavailable
 
@@ -170,13 +171,7 @@ def export_openvino(source: ImageEncoder, model: str, models_dir: Path,
     # Both plans: searches run on the latency one, batches on the throughput one.
     cosines = np.min([np.sum(expected * OpenVinoImageEncoder(path, meta, batch_size=source.batch_size, hint=hint)
                              .embed(images), axis=1) for hint in HINTS], axis=0)
-    meta["parity"] = {"images": len(images), "cosine_min": float(cosines.min()),
-                      "cosine_mean": float(cosines.mean()), "required": FP32_MIN_COSINE}
-    if cosines.min() < FP32_MIN_COSINE:
-        raise ExportRefused(
-            f"OpenVINO on the export of {model} reaches cosine {cosines.min():.5f} to torch on {len(images)} photos, "
-            f"below the required {FP32_MIN_COSINE}: not installed."
-        )
+    meta["parity"] = check_parity(cosines, FP32_MIN_COSINE, f"OpenVINO on the export of {model}")
     tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, sidecar)
