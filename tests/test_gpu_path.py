@@ -1,5 +1,5 @@
 """The GPU path, as far as a machine without a GPU can check it: the device choice, that a CUDA
-forward pass asks torch for fp16 autocast, and that vectors always leave as normalised float32.
+forward pass asks torch for fp16 autocast (large batches) or TF32 (small ones), and that vectors always leave as normalised float32.
 (Speed and fp16's closeness to fp32 need a GPU: docs/BENCHMARKS.md says what was measured where.)"""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def test_cuda_without_a_gpu_is_refused(monkeypatch):
         resolve_device(Settings(device="cuda"))
 
 
-def test_a_cuda_forward_pass_runs_under_fp16_autocast_and_a_cpu_one_does_not(monkeypatch):
+def test_a_large_cuda_batch_runs_under_fp16_autocast_a_small_one_in_tf32_and_a_cpu_one_in_neither(monkeypatch):
     requested = []
 
     @contextlib.contextmanager
@@ -41,13 +41,27 @@ def test_a_cuda_forward_pass_runs_under_fp16_autocast_and_a_cpu_one_does_not(mon
         yield
 
     monkeypatch.setattr(torch, "autocast", recording_autocast)
-    with inference_context("cuda:0"):
-        assert torch.is_inference_mode_enabled()
+    assert not torch.backends.cuda.matmul.allow_tf32  # torch's default
+    big = torch_inference.FP16_MIN_BATCH
+    with inference_context("cuda:0", big):
+        assert torch.is_inference_mode_enabled() and not torch.backends.cuda.matmul.allow_tf32
     assert requested == [("cuda", torch.float16)]
-    with inference_context("cpu"):
-        assert torch.is_inference_mode_enabled()
+    with inference_context("cuda:0", 1):  # one photo: fp16's casts cost more than they save
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cuda.matmul.allow_tf32  # restored: the setting is process-wide
+    with inference_context("cpu", big):
+        assert torch.is_inference_mode_enabled() and not torch.backends.cuda.matmul.allow_tf32
     assert requested == [("cuda", torch.float16)]
-    assert uses_fp16("cuda") and uses_fp16("cuda:1") and not uses_fp16("cpu")
+    assert uses_fp16("cuda", big) and uses_fp16("cuda:1", big + 1)
+    assert not uses_fp16("cuda", big - 1) and not uses_fp16("cpu", big)
+
+
+def test_the_batch_size_follows_the_device_unless_set():
+    from app.embedding import CPU_BATCH_SIZE, GPU_BATCH_SIZE, batch_size_for
+
+    assert batch_size_for(Settings(), "cpu") == CPU_BATCH_SIZE
+    assert batch_size_for(Settings(), "cuda") == GPU_BATCH_SIZE
+    assert batch_size_for(Settings(batch_size=8), "cuda") == 8
 
 
 class HalfOutput(torch.nn.Module):

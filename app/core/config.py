@@ -38,7 +38,10 @@ class Settings(BaseSettings):
         120_000_000, description="Larger images are refused as decompression bombs."
     )
     top_k: int = Field(5, description="Default number of artefacts a search returns.")
-    batch_size: int = Field(16, description="Images per forward pass when embedding many photos.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Images per forward pass when embedding many photos (default: 16 on a "
+        "CPU, 256 on a GPU, where 16 left ViT-B-32 at a quarter of its measured throughput)."
+    )
     match_threshold: float | None = Field(
         None, description="Calibrated score (0-1) at or above which a result is a `match` "
         "(default: the model's calibration)."
