@@ -18,7 +18,7 @@ import numpy as np
 from app.core.config import Settings
 from app.embedding import ImageEncoder, create_encoder
 from app.errors import AppError, IndexModelMismatch
-from app.imaging import DecodedImage, decode_image
+from app.imaging import DecodedImage, decode_image, working_side
 from app.index import SharedIndex, VectorIndex
 from app.calibration import Calibration, Evidence, load_calibration
 from app.local_features import LocalFeatures, extract_features
@@ -93,9 +93,9 @@ class MatchingService:
                          calibrated=self.calibration.calibrated)
 
     def decode(self, data: bytes) -> DecodedImage:
-        """Decode for the model: JPEGs at reduced scale, about twice the model input on the short side."""
+        """Decode for a search: JPEGs at reduced scale (``imaging.working_side`` of the model input)."""
         return decode_image(data, max_pixels=self.settings.max_image_pixels,
-                            min_side=2 * self.encoder.preprocessing.size)
+                            min_side=working_side(self.encoder.preprocessing.size))
 
     @property
     def index(self) -> VectorIndex | None:

@@ -154,14 +154,15 @@ def phone_jpeg(seed: int = 0, size=(4032, 3024)) -> bytes:
 
 
 def decoded_photos(count: int) -> list[Image.Image]:
-    """Decoded photos at about twice the model input, as the service decodes them."""
+    """Decoded photos at the size the service decodes a large JPEG to (``imaging.working_side``)."""
     from app.embedding.onnx_runtime import parity_images
+    from app.imaging import working_side
 
     base = parity_images()
     photos = []
     for i in range(count):
         img = base[i % len(base)]
-        scale = 448 / min(img.size)
+        scale = working_side(224) / min(img.size)
         photos.append(img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR))
     return photos
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.errors import AppError
-from app.imaging import thumbnail_jpeg
+from app.imaging import thumbnail_jpeg, working_side
 from app.scan.checkpoint import Checkpoint, GroupStats, PINNED
 from app.scan.fetch import FetchPolicy
 from app.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, finalize_rows
@@ -146,7 +146,7 @@ def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> 
 
 
 def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -> int:
-    cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=2 * service.encoder.preprocessing.size,
+    cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=working_side(service.encoder.preprocessing.size),
                        fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes),
                        proposals=settings.region_proposals)
     engine = _engine(options, settings, service)
