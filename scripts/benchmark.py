@@ -198,13 +198,13 @@ def naive_query(model: str, models_dir: Path, jpeg: bytes, repeats: int) -> list
     return timed(run, repeats)
 
 
-def project_queries(settings: Settings, jpeg: bytes, repeats: int) -> dict:
+def project_queries(settings: Settings, jpeg: bytes, repeats: int, regions_options=(False, True)) -> dict:
     """``MatchingService.search`` on the demo registry: the API's code path, whole frame and with regions."""
     from app.demo import seed_demo
     from app.service import MatchingService
 
     out = {}
-    for regions in (False, True):
+    for regions in regions_options:
         service = MatchingService(settings.model_copy(update={"region_proposals": regions})).start()
         if service.index is None or service.index.count == 0:
             seed_demo(service)
@@ -360,6 +360,13 @@ def run(args) -> dict:
     jpeg = phone_jpeg()
     naive = naive_query(model, models_dir, jpeg, repeats)
     queries = project_queries(project, jpeg, repeats)
+    # The same search on the int8 runtime (its own vectors, so its own registry): the fastest CPU setting.
+    int8_queries = project_queries(base.model_copy(update={"runtime": "onnx-int8", "data_dir": work_dir / "data-int8"}),
+                                   jpeg, repeats, regions_options=(False,))
+    r.update(
+        int8_query_latency_ms_p50=percentile(int8_queries[False], 50),
+        int8_query_latency_ms_p95=percentile(int8_queries[False], 95),
+    )
     r.update(
         query_jpeg_megapixels=12.2, query_jpeg_bytes=len(jpeg),
         naive_query_latency_ms_p50=percentile(naive, 50),
@@ -416,6 +423,7 @@ def run(args) -> dict:
 
     r["ratios"] = {
         "query_speed-up": r["naive_query_latency_ms_p50"] / r["query_latency_ms_p50"],
+        "int8_query_speed-up": r["naive_query_latency_ms_p50"] / r["int8_query_latency_ms_p50"],
         "batch_of_ceiling": r["batch_img_per_s"] / r["ceiling_img_per_s"],
         "onnx_fp32_of_ceiling": r["onnx_fp32_img_per_s"] / r["ceiling_img_per_s"],
         "openvino_of_ceiling": r["openvino_img_per_s"] / r["ceiling_img_per_s"],
@@ -439,6 +447,9 @@ def table(r: dict) -> str:
          f"({r['ratios']['query_speed-up']:.1f}x faster)"),
         ("  with region proposals p50 / p95",
          f"{r['query_with_regions_latency_ms_p50']:.0f} / {r['query_with_regions_latency_ms_p95']:.0f} ms"),
+        ("  on onnx-int8 (whole frame) p50 / p95",
+         f"{r['int8_query_latency_ms_p50']:.0f} / {r['int8_query_latency_ms_p95']:.0f} ms "
+         f"({r['ratios']['int8_query_speed-up']:.1f}x faster)"),
         ("batch, eager torch", f"{r['torch_batch_img_per_s']:.1f} img/s"),
         ("batch, ONNX Runtime fp32", f"{r['onnx_fp32_img_per_s']:.1f} img/s "
                                      f"({r['ratios']['onnx_fp32_of_ceiling']:.0%} of ceiling)"),

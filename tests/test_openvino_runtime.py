@@ -57,6 +57,17 @@ def test_openvino_gives_torchs_vectors_and_fingerprint(ov_setup):
     assert isinstance(create_encoder(settings.model_copy(update={"runtime": "openvino"})), OpenVinoImageEncoder)
 
 
+def test_a_restart_loads_the_compiled_plan_from_a_cache_named_after_the_files_contents(ov_setup):
+    settings, _, meta = ov_setup
+    path, _ = export_paths(settings.models_dir, MODEL, "openvino")
+    photos = [random_photo(i) for i in range(3)]
+    first = OpenVinoImageEncoder.from_models_dir(MODEL, settings.models_dir, hint="LATENCY").load().embed(photos)
+    cache = path.parent / "openvino-cache" / meta["onnx_sha256"][:16]
+    assert cache.is_dir() and any(cache.iterdir())  # a re-export with other contents gets another folder
+    again = OpenVinoImageEncoder.from_models_dir(MODEL, settings.models_dir, hint="LATENCY").load().embed(photos)
+    np.testing.assert_array_equal(first, again)
+
+
 def test_searches_run_on_the_latency_plan_and_batches_on_the_throughput_plan(ov_setup):
     settings, torch_encoder, _ = ov_setup
     encoder = create_encoder(settings.model_copy(update={"runtime": "openvino"})).load()
