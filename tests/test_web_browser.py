@@ -127,7 +127,8 @@ def search_with(page, photo: Path, goto: bool = True) -> None:
     # Nothing chosen yet: no (broken) preview, no progress bar.
     assert not page.locator("#preview").is_visible() and not page.locator("#progress").is_visible()
     page.set_input_files("#file", str(photo))
-    assert page.locator("#preview").is_visible()  # the chosen photo shows before it is sent
+    # The chosen photo shows before it is sent (the page's change handler runs asynchronously: wait).
+    page.locator("#preview").wait_for(state="visible", timeout=10_000)
     page.click("#search-button")
     page.wait_for_url("**/results/*")
 
