@@ -30,7 +30,6 @@ cut short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -179,21 +178,11 @@ def fp32_forward(visual, batch: np.ndarray, device: str) -> np.ndarray:
     """``run_module`` without autocast or TF32: the fp32 reference on the same device."""
     import torch
 
-    with torch.inference_mode(), _matmul_tf32(False):
+    from app.embedding.torch_inference import tf32_matmuls
+
+    with torch.inference_mode(), tf32_matmuls(False):
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device, non_blocking=True)
         return visual(x).float().cpu().numpy()
-
-
-@contextlib.contextmanager
-def _matmul_tf32(on: bool):
-    import torch
-
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = on
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def batch_throughput(encoder, device: str, sizes: tuple[int, ...], min_s: float) -> dict:

@@ -25,11 +25,13 @@ def uses_fp16(device: str, batch: int = FP16_MIN_BATCH) -> bool:
 
 
 @contextlib.contextmanager
-def _tf32_matmuls():
+def tf32_matmuls(enabled: bool = True):
+    """CUDA matrix products in TF32 (or, with ``enabled=False``, in full fp32) within the block.
+    torch's switch is process-wide, so the previous setting is restored after."""
     import torch
 
     saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
         yield
     finally:
@@ -45,7 +47,7 @@ def inference_context(device: str, batch: int = FP16_MIN_BATCH) -> contextlib.Ex
     if uses_fp16(device, batch):
         stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.float16))
     elif str(device).startswith("cuda"):
-        stack.enter_context(_tf32_matmuls())
+        stack.enter_context(tf32_matmuls())
     return stack
 
 
