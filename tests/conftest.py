@@ -36,9 +36,9 @@ def encoder() -> EfficientNetLiteEncoder:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    # No rate limit by default: tests send bursts; tests/test_auth.py checks the limit itself.
+    # No rate limits by default: tests send bursts (of bad keys too); tests/test_auth.py checks the limits.
     return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", model="efficientnet-lite0",
-                    device="cpu", rate_limit_per_minute=0)
+                    device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0)
 
 
 @pytest.fixture

@@ -234,6 +234,29 @@ def test_rate_limit_answers_429_with_retry_after(settings, service, make_key):
         assert client.get("/healthz").status_code == 200  # health checks are never limited
 
 
+def test_unknown_keys_from_one_address_are_slowed_with_429(settings, service, make_key):
+    guarded = create_app(settings.model_copy(update={"auth_failures_per_minute": 6, "auth_failures_burst": 3}),
+                         service=service)
+    good = make_key("officer", "desk")
+    with TestClient(guarded) as client:
+        codes = [client.get("/v1/artefacts", headers=bearer(f"hm_guess{n}")).status_code for n in range(4)]
+        assert codes == [401, 401, 401, 429]
+        r = client.get("/v1/artefacts", headers=bearer(good))
+        # While the address waits, no key is even looked up: a right guess would be an oracle.
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(r.headers["Retry-After"]) <= 10
+        assert client.get("/v1/artefacts").status_code == 401  # no key at all: nothing guessed, not counted
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_valid_key_never_counts_as_a_failure(settings, service, make_key):
+    guarded = create_app(settings.model_copy(update={"auth_failures_per_minute": 6, "auth_failures_burst": 2}),
+                         service=service)
+    good = make_key("registrar", "desk")
+    with TestClient(guarded) as client:
+        assert all(client.get("/v1/artefacts", headers=bearer(good)).status_code == 200 for _ in range(5))
+
+
 def test_rate_limiter_refills_with_time():
     from app.security.ratelimit import RateLimiter
 
@@ -244,6 +267,9 @@ def test_rate_limiter_refills_with_time():
     now[0] += 1.0
     assert limiter.check("k") == 0.0
     assert RateLimiter(per_minute=0, burst=1).check("k") == 0.0
+    assert limiter.pending("k") == pytest.approx(1.0) and limiter.pending("other") == 0.0  # looks, takes nothing
+    now[0] += 1.0
+    assert limiter.pending("k") == 0.0 and limiter.check("k") == 0.0
 
 
 def test_auth_off_acts_as_admin_without_a_key(settings, service):

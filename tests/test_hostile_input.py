@@ -26,7 +26,7 @@ SLOW_S = 20  # far above any honest request here; a hang fails the test, and the
 
 def _app(tmp_path_factory, encoder, **overrides):
     settings = Settings(data_dir=tmp_path_factory.mktemp("hostile") / "data", model="efficientnet-lite0",
-                        device="cpu", rate_limit_per_minute=0, **overrides)
+                        device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0, **overrides)
     service = MatchingService(settings, encoder=encoder).start()
     reference = service.register_artefact({"inventory_number": "REF-1"}, [PhotoInput(jpeg_bytes(REFERENCE, 95))])
     for seed in (41, 42, 43):

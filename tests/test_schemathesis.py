@@ -24,7 +24,7 @@ MAX_EXAMPLES = 12  # per operation: keeps the run well under a minute on two cor
 @pytest.fixture(scope="module")
 def app_and_key(tmp_path_factory, encoder):
     settings = Settings(data_dir=tmp_path_factory.mktemp("schemathesis") / "data", model="efficientnet-lite0",
-                        device="cpu", rate_limit_per_minute=0)
+                        device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0)
     service = MatchingService(settings, encoder=encoder).start()
     for n in range(3):
         service.register_artefact({"inventory_number": f"S-{n}", "title": "seed"},

@@ -100,6 +100,17 @@ def test_a_forged_or_tampered_cookie_is_not_a_session(app, keys, service):
         assert client.get("/registry", follow_redirects=False).status_code == 200  # the real one still works
 
 
+def test_wrong_keys_at_sign_in_are_slowed_per_address(settings, service, keys):
+    guarded = create_app(settings.model_copy(update={"auth_failures_per_minute": 6, "auth_failures_burst": 3}),
+                         service=service)
+    with TestClient(guarded) as client:
+        assert [sign_in(client, f"hm_wrong{n}").status_code for n in range(3)] == [401, 401, 401]
+        r = sign_in(client, keys["officer"])  # even the right key waits: no guessing while blocked
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 10
+        assert "Too many wrong keys" in r.text
+        assert client.get("/search", follow_redirects=False).status_code == 303  # not signed in
+
+
 def test_sign_in_redirects_only_within_the_site(app, keys):
     for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
         with TestClient(app) as client:

@@ -53,7 +53,7 @@ def server(tmp_path_factory, encoder):
 
     tmp = tmp_path_factory.mktemp("web-browser")
     settings = Settings(data_dir=tmp / "data", models_dir=tmp / "models", model="efficientnet-lite0", device="cpu",
-                        rate_limit_per_minute=0)
+                        rate_limit_per_minute=0, auth_failures_per_minute=0)
     service = MatchingService(settings, encoder=encoder).start()
     seed_demo(service)
     keys = {role: KeyStore(service.store.sessions).create(f"{role}-desk", role).token

@@ -96,7 +96,9 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                        limit_mb=settings.max_upload_mb)
     # One limiter for the API and the web pages: a key's searches count alike wherever they come from.
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    app.add_middleware(Authenticate, enabled=settings.auth, limiter=app.state.limiter)
+    # Guessing keys, through the API or the sign-in page, is slowed per client address.
+    app.state.auth_failures = RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst)
+    app.add_middleware(Authenticate, enabled=settings.auth, limiter=app.state.limiter, failures=app.state.auth_failures)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],

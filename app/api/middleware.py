@@ -57,6 +57,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def client_address(scope: Scope) -> str:
+    """The peer's address (behind a proxy, the proxy's: uvicorn's --proxy-headers sets the real one)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
 class Authenticate:
     """Every request under /v1 needs a valid API key (``Authorization: Bearer``) within its rate.
 
@@ -64,17 +70,27 @@ class Authenticate:
     and to the audit trail's context for the registry changes the request makes.
     """
 
-    def __init__(self, app: ASGIApp, enabled: bool, limiter: RateLimiter):
+    def __init__(self, app: ASGIApp, enabled: bool, limiter: RateLimiter, failures: RateLimiter | None = None):
         self.app = app
         self.enabled = enabled
         self.limiter = limiter
+        self.failures = failures or RateLimiter(0, 1)  # unknown keys per client address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _protected(scope["path"]):
             return await self.app(scope, receive, send)
+        client = client_address(scope)
+        has_key = "authorization" in Headers(scope=scope)
+        wait = self.failures.pending(client) if has_key else 0.0
+        if wait > 0:  # this address sent too many unknown keys: it waits before trying another
+            retry = RateLimiter.retry_after_header(wait)
+            response = JSONResponse(error_body("rate_limited", f"Too many unknown API keys from this address; "
+                                               f"retry in {retry} s."), status_code=429, headers={"Retry-After": retry})
+            return await response(scope, receive, send)
         principal = self._principal(scope)
         if principal is None:
-            has_key = "authorization" in Headers(scope=scope)
+            if has_key:
+                self.failures.check(client)
             response = JSONResponse(error_body("unauthorized", BAD_KEY_MESSAGE if has_key else NO_KEY_MESSAGE),
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: float = Field(120, ge=0, description="Requests a minute per API key (0: no limit).")
     rate_limit_burst: int = Field(30, ge=1, description="Requests a key may send at once before the limit applies.")
+    auth_failures_per_minute: float = Field(
+        10, ge=0, description="Failed sign-ins and unknown API keys a minute per client address, after "
+        "`HM_AUTH_FAILURES_BURST` at once; beyond, that address gets 429 (0: no limit)."
+    )
+    auth_failures_burst: int = Field(10, ge=1, description="Failed sign-ins a client address may make at once.")
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed to call the API from a browser (default: none, CORS off)."
     )

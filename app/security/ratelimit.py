@@ -1,4 +1,5 @@
-"""Per-key rate limits: a token bucket per key, in the memory of each server process."""
+"""Rate limits: a token bucket per key (an API key, or a client address for failed sign-ins), in the
+memory of each server process."""
 
 from __future__ import annotations
 
@@ -30,6 +31,16 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+    def pending(self, key) -> float:
+        """Seconds before ``key`` may try again, without taking a token (0.0: it may now)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     @staticmethod
     def retry_after_header(wait: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.middleware import client_address
 from app.web.i18n import N_
 from app.web.pages import CSRF_REFUSED, WebError, current_user, redirect, render, web_session
 from app.web.session import WebSession
@@ -35,8 +36,17 @@ async def signin(request: Request, key: str = Form(""), csrf_token: str = Form("
                  session: WebSession = Depends(web_session)):
     if not session.csrf_ok(csrf_token):  # a sign-in form of this session only: no login CSRF
         raise WebError(403, CSRF_REFUSED)
+    failures = request.app.state.auth_failures
+    client = client_address(request.scope)
+    wait = failures.pending(client)
+    if wait > 0:  # too many wrong keys from this address: no more guesses for a while
+        response = render(request, "signin.html", status=429, next=_safe_next(next), user=None,
+                          error=N_("Too many wrong keys from this address. Wait a minute, then try again."))
+        response.headers["Retry-After"] = failures.retry_after_header(wait)
+        return response
     principal = await run_in_threadpool(request.app.state.keys.authenticate, key.strip())
     if principal is None:
+        failures.check(client)
         return render(request, "signin.html", status=401, next=_safe_next(next), user=None,
                       error=N_("This API key is unknown or revoked."))
     signed_in = WebSession.signed_in(principal.key_id)
