@@ -497,3 +497,22 @@ def test_without_auth_every_visitor_is_an_admin(settings, service):
     with TestClient(create_app(settings.model_copy(update={"auth": False}), service=service)) as client:
         assert client.get("/", follow_redirects=False).headers["location"] == "/search"
         assert client.get("/registry").status_code == 200
+
+
+def test_kept_searches_are_shared_by_server_processes_bounded_and_private(tmp_path, demo, coins):
+    """Two keepers on one data directory stand for two uvicorn workers: a results link made by one
+    opens on the other; only the last ``capacity`` searches stay; another session sees nothing."""
+    from app.web.searches import SearchKeeper
+
+    from tests.conftest import jpeg_bytes
+
+    response = demo.search(jpeg_bytes(coins[0].image))
+    one, two = SearchKeeper(tmp_path, capacity=3), SearchKeeper(tmp_path, capacity=3)
+    kept = [one.keep(sid="s1", key_id=7, key_name="desk", role="officer", response=response,
+                     display_jpeg=b"\xff\xd8jpeg", filename=f"q{n}.jpg") for n in range(4)]
+    again = two.get(kept[-1].id, "s1", 7)
+    assert again is not None and again.response == response and again.display_jpeg == b"\xff\xd8jpeg"
+    assert again.filename == "q3.jpg" and again.at == kept[-1].at
+    assert two.get(kept[0].id, "s1", 7) is None  # the oldest went first
+    assert two.get(kept[-1].id, "other-session", 7) is None and two.get(kept[-1].id, "s1", 8) is None
+    one.close(), two.close()

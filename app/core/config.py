@@ -93,8 +93,8 @@ class Settings(BaseSettings):
         None, description="Send the session cookie over HTTPS only (default: when the request came over HTTPS)."
     )
     web_searches_kept: int = Field(
-        200, ge=1, description="Web searches (query photo and results, for the case report) kept in memory per "
-        "server process; the oldest go first."
+        200, ge=1, description="Web searches (query photo and results, for the results page and case report) "
+        "kept in the data directory's web-searches.db, shared by all server workers; the oldest go first."
     )
 
     @property

@@ -21,7 +21,7 @@ def mount_web(app: FastAPI, settings: Settings) -> None:
     """Add the web pages to the API's app (server-rendered, outside /v1, never in the OpenAPI schema)."""
     app.state.web_auth = settings.auth  # the app's settings: a shared service may carry other ones
     app.state.web_sessions = SessionCodec(settings)
-    app.state.web_searches = SearchKeeper(settings.web_searches_kept)
+    app.state.web_searches = SearchKeeper(settings.data_dir, settings.web_searches_kept)
     app.add_exception_handler(WebError, web_error_page)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in ROUTERS:
