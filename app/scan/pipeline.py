@@ -13,7 +13,9 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable
 
-from app.scan.work import DecodeConfig, Group, GroupResult, decode_ref, search_group
+from app.scan.work import (
+    DecodeConfig, Group, GroupResult, decode_ref, search_group, single_threaded_decode_process,
+)
 
 
 def default_workers() -> int:
@@ -58,6 +60,7 @@ _worker_state: tuple | None = None
 def _init_worker(source, cfg: DecodeConfig) -> None:
     global _worker_state
     _worker_state = (source, cfg)
+    single_threaded_decode_process()
 
 
 def _decode_in_worker(ref: str):

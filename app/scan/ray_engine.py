@@ -21,7 +21,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
 from app.core.config import Settings
-from app.scan.work import DecodeConfig, Group, GroupResult, decode_group, search_group
+from app.scan.work import DecodeConfig, Group, GroupResult, decode_group, search_group, single_threaded_decode_process
 
 GROUPS_PER_BLOCK = 1  # a block is the unit Ray decodes in parallel and hands to an actor
 
@@ -100,6 +100,7 @@ def _group_blocks(groups: Iterable[Group]):
 
 
 def _decode_row(row: dict, source, cfg: DecodeConfig) -> dict:
+    single_threaded_decode_process()  # a Ray CPU task: one core, as Ray counts it
     group: Group = pickle.loads(row["payload"])
     decoded = decode_group(source, group, cfg)
     return {"group": row["group"], "payload": pickle.dumps((group, decoded), protocol=pickle.HIGHEST_PROTOCOL)}
