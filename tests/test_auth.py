@@ -272,6 +272,20 @@ def test_rate_limiter_refills_with_time():
     assert limiter.pending("k") == 0.0 and limiter.check("k") == 0.0
 
 
+def test_rate_limiter_forgets_refilled_keys_when_it_holds_too_many(monkeypatch):
+    from app.security.ratelimit import RateLimiter
+
+    monkeypatch.setattr(RateLimiter, "MAX_KEYS", 3)
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])
+    for k in "abc":
+        limiter.check(k)
+    limiter.check("a"), limiter.check("a")  # "a" is empty: it must be remembered
+    now[0] += 1.5  # "b" and "c" are full again, "a" is not
+    limiter.check("d")
+    assert set(limiter._buckets) == {"a", "d"} and limiter.check("a") == 0.0 and limiter.check("a") > 0
+
+
 def test_auth_off_acts_as_admin_without_a_key(settings, service):
     with TestClient(create_app(settings.model_copy(update={"auth": False}), service=service)) as client:
         assert client.get("/v1/artefacts").status_code == 200

@@ -58,7 +58,8 @@ class SecurityHeaders:
 
 
 def client_address(scope: Scope) -> str:
-    """The peer's address (behind a proxy, the proxy's: uvicorn's --proxy-headers sets the real one)."""
+    """The peer's address. Behind a proxy uvicorn puts the client's from ``X-Forwarded-For`` here when
+    the proxy is trusted (``FORWARDED_ALLOW_IPS``, 127.0.0.1 by default); else it is the proxy's."""
     client = scope.get("client")
     return client[0] if client else "unknown"
 

@@ -11,6 +11,10 @@ import time
 class RateLimiter:
     """``per_minute`` requests a minute on average, up to ``burst`` at once; ``per_minute=0`` is no limit."""
 
+    # Keys counted at most (client addresses can be many): past it, keys whose buckets are full again
+    # are forgotten, which changes nothing for them.
+    MAX_KEYS = 10_000
+
     def __init__(self, per_minute: float, burst: int, clock=time.monotonic):
         self.rate = per_minute / 60.0
         self.burst = max(1, burst)
@@ -18,12 +22,19 @@ class RateLimiter:
         self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, last refill)
         self._lock = threading.Lock()
 
+    def _forget_full(self, now: float) -> None:
+        full = [k for k, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+
     def check(self, key) -> float:
         """Take one token for ``key``: 0.0 when allowed, else the seconds to wait before retrying."""
         if self.rate <= 0:
             return 0.0
         now = self.clock()
         with self._lock:
+            if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
+                self._forget_full(now)
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens >= 1.0:
