@@ -211,6 +211,32 @@ def test_archives_and_csv_give_the_same_candidates(dump, registry, scan_service,
         f"photos/coin0-{n}.jpg" for n in range(3)}
 
 
+def children_of(pid: int) -> set[int]:
+    """Child processes (Linux /proc); empty where it cannot tell."""
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for its new parent to reap it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def wait_until(check, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
 def test_kill_and_resume_gives_the_outputs_of_an_uninterrupted_run(registry, scan_service, coins, tmp_path):
     dump = write_dump(tmp_path / "dump", coins, copies=3)  # 43 listings: three groups of 16
     clean = tmp_path / "clean"
@@ -223,14 +249,21 @@ def test_kill_and_resume_gives_the_outputs_of_an_uninterrupted_run(registry, sca
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_log = out / "scan-done.log"
     deadline = time.monotonic() + 240
+    workers: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
+        workers |= children_of(proc.pid)
         if done_log.exists() and done_log.read_text().count("\n") >= 1:
+            workers |= children_of(proc.pid)
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the scan finished before it could be killed"
     assert not (out / "report.html").exists()
+    # Its decode workers do not outlive it (they would wait for work forever).
+    if Path("/proc/self/task").is_dir():
+        assert workers, "the scan's decode workers were not seen"
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 15), "decode workers outlived the scan"
 
     with pytest.raises(ScanRefused, match="--resume"):
         run_scan(ScanOptions(dump=dump, out=out, workers=1), registry, service=scan_service)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable
@@ -61,6 +63,20 @@ def _init_worker(source, cfg: DecodeConfig) -> None:
     global _worker_state
     _worker_state = (source, cfg)
     single_threaded_decode_process()
+    _leave_with_parent(os.getppid())
+
+
+def _leave_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """A scan killed outright (SIGKILL, the OOM killer) cannot stop its decode workers, which would
+    wait forever for work: each watches its parent and leaves once it is gone (re-parented)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _decode_in_worker(ref: str):
