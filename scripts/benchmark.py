@@ -180,20 +180,20 @@ def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 # --- the measurements ----------------------------------------------------------------------------
 
 
-def naive_query(model: str, models_dir: Path, jpeg: bytes, repeats: int) -> list[float]:
-    """Full decode, open_clip's own torchvision transforms, eager torch: what a first version does."""
+def naive_query(model: str, models_dir: Path, jpeg: bytes, repeats: int, device: str = "cpu") -> list[float]:
+    """Full decode, open_clip's own torchvision transforms, eager fp32 torch: what a first version does."""
     import open_clip
     import torch
 
     from app.embedding import create_torch_encoder
 
-    encoder = create_torch_encoder(Settings(model=model, models_dir=models_dir, device="cpu")).load()
+    encoder = create_torch_encoder(Settings(model=model, models_dir=models_dir, device=device)).load()
     transform = open_clip.image_transform(encoder.preprocessing.size, is_train=False)
 
     def run():
         img = Image.open(io.BytesIO(jpeg)).convert("RGB")
         with torch.no_grad():
-            encoder._visual(transform(img).unsqueeze(0))
+            encoder._visual(transform(img).unsqueeze(0).to(device)).cpu()  # back on the host: synchronised
 
     return timed(run, repeats)
 

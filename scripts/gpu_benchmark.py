@@ -344,29 +344,13 @@ def single_latency(encoder, device: str, repeats: int) -> dict:
 
 
 def naive_query(model: str, models_dir: Path, device: str, jpeg: bytes, repeats: int) -> list[float]:
-    """scripts/benchmark.py's naive pipeline on ``device``: full decode, open_clip transforms, eager fp32."""
-    import io
-
-    import open_clip
-    import torch
-    from PIL import Image
-
-    from app.core.config import Settings
-    from app.embedding import create_torch_encoder
-
-    encoder = create_torch_encoder(Settings(model=model, models_dir=models_dir, device=device)).load()
-    transform = open_clip.image_transform(encoder.preprocessing.size, is_train=False)
-
-    def run():
-        img = Image.open(io.BytesIO(jpeg)).convert("RGB")
-        with torch.no_grad():
-            encoder._visual(transform(img).unsqueeze(0).to(device)).cpu()  # back on the host: synchronised
-
+    """scripts/benchmark.py's naive pipeline on ``device``, its GPU memory released after."""
     try:
-        return cpu_benchmark().timed(run, repeats)
+        return cpu_benchmark().naive_query(model, models_dir, jpeg, repeats, device=device)
     finally:
-        del encoder
         if device.startswith("cuda"):
+            import torch
+
             torch.cuda.empty_cache()
 
 
@@ -416,20 +400,11 @@ def _init_decoder(jpeg: bytes, pre: dict) -> None:
     _JPEG, _PRE = jpeg, Preprocessing(**pre)
 
 
-def service_min_side(size: int) -> int:
-    """The short side ``MatchingService.decode`` keeps for a model input of ``size`` (2x before ``working_side``)."""
-    try:
-        from app.imaging import working_side
-    except ImportError:
-        return 2 * size
-    return working_side(size)
-
-
 def _decode_one(_: int) -> np.ndarray:
     """Draft decode as the service decodes, then preprocess: a scan worker's job."""
-    from app.imaging import decode_image
+    from app.imaging import decode_image, working_side
 
-    return _PRE(decode_image(_JPEG, min_side=service_min_side(_PRE.size)).image)
+    return _PRE(decode_image(_JPEG, min_side=working_side(_PRE.size)).image)
 
 
 def decode_rates(encoder, procs_list: list[int], per_proc: int) -> dict:
@@ -529,10 +504,12 @@ def run(args) -> dict:
             procs = procs[:1]
 
         def decode_section():
+            from app.imaging import working_side
+
             enc = create_torch_encoder(settings.model_copy(update={"device": "cpu"}))  # preprocessing only, not loaded
             rates = decode_rates(enc, procs, 2 if args.quick else 32)
             gpu = (r.get("batch") or {}).get("best_img_per_s")
-            return {"img_per_s_by_processes": rates, "min_side": service_min_side(enc.preprocessing.size),
+            return {"img_per_s_by_processes": rates, "min_side": working_side(enc.preprocessing.size),
                     "gpu_best_img_per_s": gpu,
                     "gpu_over_all_cores": gpu / rates[max(rates)] if gpu else None}
 

@@ -103,23 +103,23 @@ class ImageEncoder(ABC):
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """Embed pictures in batches; returns (N, dim) float32 rows of unit length."""
-        self.load()
-        out = np.zeros((len(images), self.dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self._forward(self.preprocessing.batch(chunk))
-        return l2_normalise(out)
+        # Preprocessed a batch at a time: the pixels of a whole scan or rebuild would not fit in memory.
+        return self._embed_in_batches(len(images), lambda a, b: self.preprocessing.batch(images[a:b]))
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed already preprocessed inputs (N, 3, H, W) in batches; returns (N, dim) unit rows.
 
         For callers that preprocess elsewhere (the micro-batcher preprocesses in each request's thread).
         """
+        return self._embed_in_batches(len(pixels), lambda a, b: pixels[a:b])
+
+    def _embed_in_batches(self, n: int, inputs) -> np.ndarray:
+        """``inputs(start, stop)`` gives the model inputs of items start..stop-1."""
         self.load()
-        out = np.zeros((len(pixels), self.dim), dtype=np.float32)
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self._forward(chunk)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            out[start:stop] = self._forward(inputs(start, stop))
         return l2_normalise(out)
 
     def embed_one(self, image: Image.Image) -> np.ndarray:

@@ -153,4 +153,4 @@ class ClipEncoder(ImageEncoder):
         return self._visual
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return run_module(self._visual, batch, self.device)  # fp16 autocast on CUDA
+        return run_module(self._visual, batch, self.device)  # fp16 or TF32 on CUDA (torch_inference)

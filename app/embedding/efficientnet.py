@@ -65,7 +65,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
         return self._descriptor
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return run_module(self._descriptor, batch, self.device)  # fp16 autocast on CUDA
+        return run_module(self._descriptor, batch, self.device)  # fp16 or TF32 on CUDA (torch_inference)
 
 
 def gem_pool(features):

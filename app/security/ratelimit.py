@@ -22,9 +22,13 @@ class RateLimiter:
         self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, last refill)
         self._lock = threading.Lock()
 
+    def _tokens(self, key, now: float) -> float:
+        """``key``'s tokens at ``now``: what it had, refilled since, at most ``burst`` (call under the lock)."""
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate)
+
     def _forget_full(self, now: float) -> None:
-        full = [k for k, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.burst]
-        for k in full:
+        for k in [k for k in self._buckets if self._tokens(k, now) >= self.burst]:
             del self._buckets[k]
 
     def check(self, key) -> float:
@@ -35,8 +39,7 @@ class RateLimiter:
         with self._lock:
             if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
                 self._forget_full(now)
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            tokens = self._tokens(key, now)
             if tokens >= 1.0:
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0.0
@@ -49,8 +52,7 @@ class RateLimiter:
             return 0.0
         now = self.clock()
         with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            tokens = self._tokens(key, now)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     @staticmethod
