@@ -77,6 +77,25 @@ def test_runtime_setting_picks_the_export_and_fingerprints_differ_only_for_int8(
     np.testing.assert_allclose(np.linalg.norm(int8.embed(photos), axis=1), 1.0, atol=1e-5)
 
 
+def test_runtime_threads_go_idle_when_a_run_ends(clip_setup):
+    """After an embedding the process uses no CPU: the search's keypoints and verification, and other
+    requests, get the cores the model's worker threads would otherwise keep spinning on."""
+    import time
+
+    from tests.conftest import random_photo
+
+    settings, _, _ = clip_setup
+    encoder = create_encoder(settings.model_copy(update={"runtime": "onnx-int8", "threads": 2})).load()
+    photo = random_photo(0)
+    idle = []
+    for _ in range(3):
+        encoder.embed([photo])
+        cpu = time.process_time()
+        time.sleep(0.3)
+        idle.append(time.process_time() - cpu)
+    assert min(idle) < 0.01, f"CPU seconds used while idle after a run: {idle}"
+
+
 def test_missing_export_says_how_to_make_it(tmp_path):
     settings = Settings(model="clip:ViT-B-32:/nowhere/x.pt", models_dir=tmp_path, runtime="onnx-int8", device="cpu")
     with pytest.raises(ModelUnavailable, match="models export --int8"):
