@@ -27,6 +27,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert r["model"].startswith("clip:ViT-B-32:")  # random weights unless real ones are on this machine
     assert 0 < r["query_latency_ms_p50"] <= r["query_latency_ms_p95"]
     assert r["naive_query_latency_ms_p50"] > 0 and r["batch_img_per_s"] > 0 and r["int8_img_per_s"] > 0
+    # The CPU time of a search, all threads: its lower bound on the wall time with these cores.
+    for prefix in ("", "int8_"):
+        assert r[f"{prefix}query_cpu_ms_p50"] > 0
+        assert r[f"{prefix}query_latency_bound_ms"] == r[f"{prefix}query_cpu_ms_p50"] / r["cores"]
     assert 7 < r["gflop_per_image"] < 10  # ViT-B-32 at 224 px: about 8.8 GFLOP
     assert r["ceiling_img_per_s"] == r["matmul_gflops"] / r["gflop_per_image"]
     assert r["fp32_cosine_min"] >= 0.9999 and 0.999 <= r["int8_cosine_min"] <= 1.0
