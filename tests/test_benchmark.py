@@ -31,6 +31,9 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     for prefix in ("", "int8_"):
         assert r[f"{prefix}query_cpu_ms_p50"] > 0
         assert r[f"{prefix}query_latency_bound_ms"] == r[f"{prefix}query_cpu_ms_p50"] / r["cores"]
+    # The naive pipeline's own steps on the project's path, beside the whole search.
+    assert 0 < r["query_decode_embed_ms_p50"]
+    assert r["ratios"]["decode_embed_speed-up"] == r["naive_query_latency_ms_p50"] / r["query_decode_embed_ms_p50"]
     assert 7 < r["gflop_per_image"] < 10  # ViT-B-32 at 224 px: about 8.8 GFLOP
     assert r["ceiling_img_per_s"] == r["matmul_gflops"] / r["gflop_per_image"]
     assert r["fp32_cosine_min"] >= 0.9999 and 0.999 <= r["int8_cosine_min"] <= 1.0
