@@ -239,8 +239,13 @@ class MatchingService:
 
     def delete_artefact(self, artefact_id: int) -> None:
         photo_ids = self.store.delete_artefact(artefact_id)
+
         def remove(index: VectorIndex | None) -> VectorIndex | None:
-            return index if index is not None and index.remove(photo_ids) else None
+            # Only ids no photo row has now: in a registry made before ids stopped being reused, another
+            # worker may have given a deleted id to its new photo and indexed it since our commit.
+            reused = self.store.photo_owner_map(photo_ids)
+            gone = [pid for pid in photo_ids if pid not in reused]
+            return index if index is not None and index.remove(gone) else None
 
         self.shared_index.modify(remove)
 

@@ -170,3 +170,60 @@ def test_sigkill_during_a_300_photo_import(tmp_path, encoder):
             assert service.search(query, top_k=3).results[0].artefact_id == a.id
     finally:
         service.close()
+
+
+def test_a_deleted_records_ids_are_never_given_again(service):
+    first = service.register_artefact({"inventory_number": "GONE-1"}, [PhotoInput(jpeg_bytes(random_photo(1)))])
+    service.delete_artefact(first.id)
+    second = service.register_artefact({"inventory_number": "NEW-1"}, [PhotoInput(jpeg_bytes(random_photo(2)))])
+    assert second.id > first.id and second.photos[0].id > first.photos[0].id
+
+
+@pytest.fixture
+def legacy_registry(settings):
+    """A registry database made before ids stopped being reused (no AUTOINCREMENT): SQLite gives a new
+    row the highest id again once that row is deleted."""
+    from sqlalchemy import create_engine
+
+    from app.registry.models import Base
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tables = [Base.metadata.tables["artefacts"], Base.metadata.tables["photos"]]
+    for table in tables:
+        table.dialect_options["sqlite"]["autoincrement"] = False
+    try:
+        engine = create_engine(settings.db_url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+    finally:
+        for table in tables:
+            table.dialect_options["sqlite"]["autoincrement"] = True
+    return settings
+
+
+def test_a_delete_never_unindexes_another_workers_new_photo(legacy_registry, encoder):
+    """Worker A deletes an artefact; between A's commit and A's index update, worker B registers one
+    whose photo gets the deleted photo's id. B's photo must stay indexed and searchable."""
+    a = MatchingService(legacy_registry, encoder=encoder).start()
+    b = MatchingService(legacy_registry, encoder=encoder).start()
+    try:
+        old = a.register_artefact({"inventory_number": "OLD-1"}, [PhotoInput(jpeg_bytes(random_photo(1)))])
+        commit_delete = a.store.delete_artefact
+        registered = []
+
+        def delete_then_other_worker_registers(artefact_id):
+            gone = commit_delete(artefact_id)
+            registered.append(b.register_artefact({"inventory_number": "NEW-1"},
+                                                  [PhotoInput(jpeg_bytes(random_photo(2)))]))
+            return gone
+
+        a.store.delete_artefact = delete_then_other_worker_registers
+        a.delete_artefact(old.id)
+        new_photo = registered[0].photos[0].id
+        assert new_photo == old.photos[0].id  # the legacy database did reuse the id
+        assert b.index.ids().tolist() == [new_photo]
+        results = b.search(jpeg_bytes(random_photo(2).crop((10, 10, 300, 220)))).results
+        assert results and results[0].inventory_number == "NEW-1"
+    finally:
+        a.close()
+        b.close()

@@ -41,7 +41,10 @@ class Base(DeclarativeBase):
 
 class Artefact(Base):
     __tablename__ = "artefacts"
-    __table_args__ = (UniqueConstraint("institution", "inventory_number", name="uq_institution_inventory"),)
+    # AUTOINCREMENT: a deleted row's id is never given again, so audit events, scan outputs and
+    # the index never mistake a new record for a deleted one (SQLite otherwise reuses the highest id).
+    __table_args__ = (UniqueConstraint("institution", "inventory_number", name="uq_institution_inventory"),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     inventory_number: Mapped[str] = mapped_column(String(200), index=True)
@@ -82,7 +85,8 @@ class Artefact(Base):
 
 class Photo(Base):
     __tablename__ = "photos"
-    __table_args__ = (UniqueConstraint("artefact_id", "sha256", name="uq_artefact_photo"),)
+    __table_args__ = (UniqueConstraint("artefact_id", "sha256", name="uq_artefact_photo"),
+                      {"sqlite_autoincrement": True})  # ids never reused (see Artefact)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # also the vector id in FAISS
     artefact_id: Mapped[int] = mapped_column(ForeignKey("artefacts.id", ondelete="CASCADE"), index=True)
