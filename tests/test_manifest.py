@@ -86,3 +86,49 @@ def test_export_then_import_into_an_empty_registry_gives_the_same_registry(tmp_p
             assert getattr(a, field) == getattr(b, field)
         assert sorted(p.sha256 for p in a.photos) == sorted(p.sha256 for p in b.photos)
         other.close()
+
+
+def test_csv_row_with_more_cells_than_the_header_is_refused_not_cut_short(tmp_path, service):
+    write_photos(tmp_path, 2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("inventory_number,photos,title,description\n"
+                        "A-1,p0.jpg,Bronze ewer,handle missing, dent on rim\n"
+                        'A-2,p1.jpg,Bronze ewer,"handle missing, dent on rim"\n')
+    report = import_manifest(service, manifest)
+    assert report.created == 1 and [e.line for e in report.errors] == [2]
+    assert "5 cells" in report.errors[0].message and "4 columns" in report.errors[0].message
+    assert service.store.find_artefact("", "A-1") is None
+    assert service.store.find_artefact("", "A-2").description == "handle missing, dent on rim"
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_whole_with_its_line(tmp_path, service):
+    import pytest
+
+    from app.registry.manifest import ManifestUnreadable, read_rows
+
+    write_photos(tmp_path, 2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("inventory_number,photos,title\nL-1,p0.jpg,Ewer\nL-2,p1.jpg,Jarre décorée\n".encode("latin-1"))
+    with pytest.raises(ManifestUnreadable) as err:
+        import_manifest(service, manifest)
+    assert "UTF-8" in err.value.message and "line 3" in err.value.message and "0xe9" in err.value.message
+    assert service.store.count_artefacts() == 0  # nothing imported, not even the good first row
+    with pytest.raises(ManifestUnreadable):
+        list(read_rows(tmp_path / "m.csv"))
+
+
+def test_cli_import_of_a_latin1_manifest_says_what_to_do(tmp_path, settings):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes('{"inventory_number": "L-1", "title": "Jarre décorée", "photos": ["p.jpg"]}\n'.encode("cp1252"))
+    env = {**os.environ, "HM_DATA_DIR": str(settings.data_dir), "HM_MODEL": "efficientnet-lite0"}
+    run = subprocess.run([sys.executable, "-m", "app.cli", "registry", "import", str(manifest)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    said = " ".join((run.stderr + run.stdout).split())
+    assert run.returncode == 1 and "Traceback" not in said
+    assert "not UTF-8" in said and "line 1" in said and "Nothing was imported" in said

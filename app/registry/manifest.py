@@ -7,6 +7,7 @@ number and skipped; the rest imports. Re-importing the same manifest changes not
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -47,13 +48,50 @@ class ImportReport:
         }
 
 
+class ManifestUnreadable(AppError):
+    code = "manifest_unreadable"
+    status_code = 400
+
+
+def check_text(path: Path) -> None:
+    """Refuse, before any row is imported, a manifest that is not UTF-8 text (a spreadsheet saved as
+    Latin-1 or Windows-1252, say), naming the line of the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk.count(b"\n", 0, exc.start)
+                raise ManifestUnreadable(
+                    f"{Path(path).name} is not UTF-8 text (byte 0x{chunk[exc.start]:02x} on line {line}): save it "
+                    "as UTF-8 (in a spreadsheet: \"CSV UTF-8\") and import it again. Nothing was imported."
+                ) from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ManifestUnreadable(f"{Path(path).name} ends in the middle of a UTF-8 character (line {line}): "
+                                     "save it as UTF-8 and import it again. Nothing was imported.") from None
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield (line number, row, error) for each row of a JSONL or CSV manifest."""
+    """Yield (line number, row, error) for each row of a JSONL or CSV manifest.
+
+    Raises ``ManifestUnreadable`` first when the file is not UTF-8 text: no row is read then.
+    """
     path = Path(path)
+    check_text(path)
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             for row in reader:
+                if row.get(None):  # more cells than the header has columns: DictReader keeps them under None
+                    yield reader.line_num, None, (
+                        f"{len(reader.fieldnames) + len(row[None])} cells, but the header has "
+                        f"{len(reader.fieldnames)} columns: put a value that holds a comma in double quotes")
+                    continue
                 clean = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
                 clean = {k: v for k, v in clean.items() if v not in ("", None)}
                 if "photos" in clean:
