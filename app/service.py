@@ -151,10 +151,10 @@ class MatchingService:
                         log.error("Photo %d cannot be re-embedded: %s", photo.id, exc)
                 if images:
                     vecs = self.encoder.embed(images)
-                    self.store.put_vectors(active, list(zip(ok, vecs)))
-                    embedded += len(ok)
+                    embedded += len(self.store.put_vectors(active, list(zip(ok, vecs))))
                 if progress:
                     progress(len(chunk))
+
         def rebuild(saved: VectorIndex | None) -> VectorIndex:
             ids, vecs = self.store.vectors(active)
             return VectorIndex.build(active, ids, vecs, self.encoder.dim, _next_version(saved),

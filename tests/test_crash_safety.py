@@ -227,3 +227,62 @@ def test_a_delete_never_unindexes_another_workers_new_photo(legacy_registry, enc
     finally:
         a.close()
         b.close()
+
+
+def test_reembed_goes_on_when_another_worker_deletes_a_photo_meanwhile(service, settings, encoder):
+    from app.registry.models import Embedding
+
+    for i in range(3):
+        service.register_artefact({"inventory_number": f"A-{i}"}, [PhotoInput(jpeg_bytes(random_photo(i)))])
+    with service.store.sessions.begin() as s:
+        s.query(Embedding).delete()  # as after a model switch: no vector for the active model
+    other = MatchingService(settings, encoder=encoder).start()
+    embed = service.encoder.embed
+
+    def embed_while_a_registrar_deletes(images):
+        vectors = embed(images)
+        other.delete_artefact(other.store.find_artefact("", "A-1").id)
+        return vectors
+
+    service.encoder.embed = embed_while_a_registrar_deletes
+    try:
+        report = service.rebuild_index(reembed=True)
+    finally:
+        service.encoder.embed = embed
+        other.close()
+    survivors = service.store.photo_ids().tolist()
+    assert len(survivors) == 2 and report["embedded"] == 2 and report["missing"] == 0
+    assert service.store.vector_ids(service.fingerprint).tolist() == survivors
+    assert sorted(service.index.ids().tolist()) == survivors
+
+
+def test_a_photo_sent_again_after_a_model_switch_is_stored_as_it_is_indexed(settings, encoder):
+    """`index rebuild` without --reembed, then a photo the artefact already has is uploaded again: its
+    new vector goes into the index, so it must go into the database too (or a restart drops it)."""
+    import dataclasses
+
+    from app.embedding.efficientnet import EfficientNetLiteEncoder
+
+    class Switched(EfficientNetLiteEncoder):  # the same network under another fingerprint: "the new model"
+        @property
+        def fingerprint(self):
+            return dataclasses.replace(super().fingerprint, weights_sha256="new-weights")
+
+    photo = jpeg_bytes(random_photo(1))
+    first = MatchingService(settings, encoder=encoder).start()
+    artefact = first.register_artefact({"inventory_number": "A-1"}, [PhotoInput(photo)])
+    first.close()
+    switched = Switched().load()
+    second = MatchingService(settings, encoder=switched).start()
+    try:
+        second.rebuild_index()
+        stored = second.add_photos(artefact.id, [PhotoInput(photo)])
+        assert [p.id for p in stored] == [artefact.photos[0].id]
+        assert second.index.ids().tolist() == second.store.vector_ids(second.fingerprint).tolist() == [stored[0].id]
+    finally:
+        second.close()
+    third = MatchingService(settings, encoder=switched).start()  # the restart reconciles index and registry
+    try:
+        assert third.index.ids().tolist() == [stored[0].id]
+    finally:
+        third.close()

@@ -120,7 +120,15 @@ class RegistryStore:
         stored = []
         for p in photos:
             if p.sha256 in existing:
-                stored.append(existing[p.sha256])
+                # The same photo again: keep its row, but store what was computed for it now. The caller
+                # indexes this vector, so the database must hold it too (the active model may be newer
+                # than the photo's vectors).
+                photo = existing[p.sha256]
+                if p.vector is not None and fingerprint:
+                    s.merge(_embedding_row(photo.id, fingerprint, p.vector))
+                if p.signature is not None:
+                    s.merge(_signature_row(photo.id, p.signature))
+                stored.append(photo)
                 continue
             photo = Photo(
                 artefact_id=artefact.id, sha256=p.sha256, format=p.format, view=p.view, width=p.width, height=p.height
@@ -331,10 +339,15 @@ class RegistryStore:
             have = select(Embedding.photo_id).where(Embedding.model_fingerprint == fingerprint)
             return list(s.scalars(select(Photo).where(Photo.id.not_in(have)).order_by(Photo.id)))
 
-    def put_vectors(self, fingerprint: str, items: list[tuple[int, np.ndarray]]) -> None:
+    def put_vectors(self, fingerprint: str, items: list[tuple[int, np.ndarray]]) -> list[int]:
+        """Store vectors of photos that still exist (another worker may delete one meanwhile); returns
+        the ids stored."""
         with self.sessions.begin() as s:
+            alive = set(s.scalars(select(Photo.id).where(Photo.id.in_([pid for pid, _ in items]))))
             for photo_id, vec in items:
-                s.merge(_embedding_row(photo_id, fingerprint, vec))
+                if photo_id in alive:
+                    s.merge(_embedding_row(photo_id, fingerprint, vec))
+            return [pid for pid, _ in items if pid in alive]
 
     # --- signatures (perceptual hash, colour, local features) ----------------------------------
 
