@@ -312,6 +312,28 @@ def test_registrar_creates_edits_and_adds_photos(browser_as, service):
     assert changes and all(e.key_name == "registrar-key" for e in changes)
 
 
+def test_an_edit_form_saved_unchanged_keeps_every_measurement_exactly(browser_as, service):
+    import re
+
+    art = service.register_artefact({"inventory_number": "R-1", "title": "Bowl", "height": 12.3456789,
+                                     "diameter": 30.48, "weight": 1234567.0, "weight_unit": "g"}, [])
+    client = browser_as("registrar")
+    page = client.get(f"/registry/{art.id}").text
+    form = {m[1]: m[2] for m in re.finditer(r'<input id="f-\w+" name="(\w+)"[^>]*value="([^"]*)"', page)}
+    form.update({m[1]: m[2] for m in re.finditer(r'<textarea id="f-\w+" name="(\w+)"[^>]*>([^<]*)</textarea>', page)})
+    form["status"] = re.search(r'<option value="(\w+)" selected', page)[1]
+    assert (form["height"], form["diameter"], form["weight"]) == ("12.3456789", "30.48", "1234567")
+    form.update(title="Bronze bowl", csrf_token=csrf_of(client, f"/registry/{art.id}"))
+    assert client.post(f"/registry/{art.id}", data=form, follow_redirects=False).status_code == 303
+    after = service.store.get_artefact(art.id)
+    assert (after.title, after.height, after.diameter, after.weight) == ("Bronze bowl", 12.3456789, 30.48, 1234567.0)
+    from app.web.i18n import Translator
+    from app.web.record_form import record_rows
+
+    rows = dict(record_rows(after, Translator("en")))
+    assert rows["Weight"] == "1234567 g" and rows["Measurements"].startswith("Height 12.3456789 ×")
+
+
 def test_language_follows_switch_then_cookie_then_accept_language(app):
     with TestClient(app) as client:
         assert '<html lang="en" dir="ltr">' in client.get("/signin").text

@@ -61,7 +61,10 @@ MEASUREMENTS = ("height", "width", "depth", "diameter")
 
 
 def _number(value: float) -> str:
-    return f"{value:g}"
+    """The shortest text that reads back as the same number: a form saved unchanged must not round a
+    measurement (``:g`` kept 6 digits: 1234567 g became 1.23457e+06)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def record_rows(artefact: Artefact, t) -> list[tuple[str, str]]:
