@@ -18,7 +18,8 @@ UtcDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else
 class ArtefactFields(BaseModel):
     """Object ID record plus what trafficking work needs. Every field is optional here."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, use_enum_values=True)
+    # No inf or nan: SQLite would store them, but JSON cannot carry them back (they came out as null).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, use_enum_values=True, allow_inf_nan=False)
 
     inventory_number: str | None = Field(None, min_length=1, max_length=200)
     institution: str | None = Field(None, max_length=300, description="Holding institution.")
@@ -63,7 +64,19 @@ class ArtefactCreate(ArtefactFields):
 
 
 class ArtefactUpdate(ArtefactFields):
-    """PATCH body: only the fields sent are changed."""
+    """PATCH body: only the fields sent are changed. Every record keeps an inventory number and a status."""
+
+    @field_validator("inventory_number", "status")
+    @classmethod
+    def _cannot_be_removed(cls, v):
+        if v is None:
+            raise ValueError("cannot be removed")
+        return v
+
+    @field_validator("institution")
+    @classmethod
+    def _none_is_empty(cls, v):
+        return "" if v is None else v
 
 
 class PhotoOut(BaseModel):

@@ -104,6 +104,14 @@ def test_artefact_crud_and_photo_indexing(client):
 
     r = client.patch(f"/v1/artefacts/{art['id']}", json={"status": "recovered", "title": "Roman oil lamp"})
     assert r.json()["status"] == "recovered" and r.json()["materials"] == "terracotta"
+    # A record keeps its inventory number and status; a measurement must be a finite number.
+    for body in ({"status": None}, {"inventory_number": None}, {"height": "Infinity"}, {"weight": "NaN"}):
+        r = client.patch(f"/v1/artefacts/{art['id']}", json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", (body, r.text)
+    assert client.patch(f"/v1/artefacts/{art['id']}", json={"institution": None}).json()["institution"] == ""
+    r = client.post("/v1/artefacts", content=b'{"inventory_number": "INF-1", "height": 1e400}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
 
     page = client.get("/v1/artefacts", params={"status": "recovered"}).json()
     assert page["total"] == 1 and page["items"][0]["id"] == art["id"]

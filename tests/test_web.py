@@ -297,6 +297,8 @@ def test_registrar_creates_edits_and_adds_photos(browser_as, service):
     r = client.post(f"/registry/{art_id}", data=bad)
     assert r.status_code == 422 and "Height" in r.text
     assert client.post(f"/registry/{art_id}", data=dict(form, inventory_number="")).status_code == 422
+    cleared = client.post(f"/registry/{art_id}", data={k: v for k, v in form.items() if k != "status"})
+    assert cleared.status_code == 422 and "Status" in cleared.text and "inventory number" not in cleared.text
     # More photos, several at once.
     r = client.post(f"/registry/{art_id}/photos", data={"csrf_token": token, "view": "detail"},
                     files=[("image", ("c.jpg", jpeg_bytes(random_photo(42)), "image/jpeg")),

@@ -211,6 +211,8 @@ class RegistryStore:
             try:
                 s.flush()
             except IntegrityError as exc:
+                if "UNIQUE" not in str(exc.orig).upper():
+                    raise  # not a duplicate: schemas.ArtefactUpdate should have refused it
                 raise Conflict("Another artefact of this institution has that inventory number.") from exc
             record_event(s, "artefact.update", artefact_id=artefact_id, details={"changes": changes})
         return self.get_artefact(artefact_id)

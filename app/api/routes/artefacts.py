@@ -61,11 +61,6 @@ def update_artefact(
     body: ArtefactUpdate, artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)
 ) -> ArtefactOut:
     changes = body.model_dump(mode="python", exclude_unset=True)
-    for required in ("inventory_number", "status"):
-        if required in changes and changes[required] is None:
-            raise AppError(f"{required} cannot be removed.", code="validation_error", status_code=422)
-    if "institution" in changes and changes["institution"] is None:
-        changes["institution"] = ""
     return artefact_outs(service, [service.update_artefact(artefact_id, changes)])[0]
 
 
