@@ -380,3 +380,54 @@ def test_ray_actor_loads_the_model_once_for_the_whole_scan(dump, registry, tmp_p
     assert summary.status == "finished" and summary.listings > 4  # several groups went through
     assert isinstance(engines[0], RayEngine)
     assert len(engines[0].model_loads) == 1
+
+
+def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service, coins, tmp_path, monkeypatch):
+    """A kill after a group's rows were written but before the checkpoint recorded the group; on
+    --resume the photo's site answers. Only the redone group's outcome may be in the outputs."""
+    import http.server
+    import threading
+
+    from app.scan import checkpoint
+
+    photo = jpeg_bytes(coins[0].image)
+    up = threading.Event()
+
+    class Site(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if not up.is_set():
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dump = tmp_path / "dump.jsonl"
+        dump.write_text(json.dumps({"listing_id": "L1", "images": [f"http://127.0.0.1:{server.server_address[1]}/a.jpg"]}) + "\n")
+        out = tmp_path / "out"
+
+        def killed_before_the_record(self, finished):
+            raise KeyboardInterrupt  # as a SIGKILL here: the rows are fsynced, the group is not recorded
+
+        with monkeypatch.context() as m:
+            m.setattr(checkpoint.Checkpoint, "record", killed_before_the_record)
+            with pytest.raises(KeyboardInterrupt):
+                run_scan(ScanOptions(dump=dump, out=out, workers=1, fetch=True), scan_service.settings, scan_service)
+        assert "404" in (out / "errors.jsonl").read_text()
+        up.set()
+        summary = run_scan(ScanOptions(dump=dump, out=out, workers=1, fetch=True, resume=True),
+                           scan_service.settings, scan_service)
+    finally:
+        server.shutdown()
+    assert summary.images == 1 and summary.image_errors == 0
+    assert (out / "errors.jsonl").read_text() == ""
+    matches = [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
+    assert matches and {m["listing_id"] for m in matches} == {"L1"}

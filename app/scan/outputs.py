@@ -97,6 +97,26 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def discard_unrecorded(out_dir: Path, done: set[int], group_size: int) -> int:
+    """Before a resumed scan appends: drop the rows of groups the checkpoint never recorded.
+
+    A kill after a group's rows were written but before the checkpoint recorded it leaves them in the
+    files; the group is done again, and its outcome may differ (a URL that failed may answer now).
+    Only the recorded attempt may stay. Returns the rows dropped.
+    """
+    dropped = 0
+    for name in (MATCHES, ERRORS):
+        path = Path(out_dir) / name
+        if not path.exists():
+            continue
+        rows = read_jsonl(path)
+        kept = [r for r in rows if r["seq"] // group_size in done]
+        if len(kept) != len(rows):
+            atomic_write(path, "".join(_line(r) for r in kept).encode())
+        dropped += len(rows) - len(kept)
+    return dropped
+
+
 def finalize_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
     """Rewrite matches.jsonl and errors.jsonl in dump order, deduplicated; write matches.csv."""
     out_dir = Path(out_dir)
@@ -134,7 +154,9 @@ def _cell(text: str) -> str:
 def _unique(rows: list[dict], key) -> list[dict]:
     by_key = {}
     for r in rows:
-        by_key.setdefault(key(r), r)  # a redone group wrote the same rows again: keep the first
+        # A group's rows can be there twice only when a kill came between its checkpoint record and the
+        # next group (the resume drops unrecorded groups' rows first): the two writes are the same.
+        by_key.setdefault(key(r), r)
     return [by_key[k] for k in sorted(by_key)]
 
 

@@ -7,6 +7,7 @@ final pass drops the duplicates.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,10 +17,12 @@ from app.errors import AppError
 from app.imaging import thumbnail_jpeg, working_side
 from app.scan.checkpoint import Checkpoint, GroupStats, PINNED
 from app.scan.fetch import FetchPolicy
-from app.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, finalize_rows
+from app.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, discard_unrecorded, finalize_rows
 from app.scan.reader import DumpError, open_dump
 from app.scan.report import write_report
 from app.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, GroupStream
+
+log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 GROUP_SIZE = 16  # listings per group: one search batch, one checkpoint step
@@ -150,6 +153,9 @@ def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -
                        fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes),
                        proposals=settings.region_proposals)
     engine = _engine(options, settings, service)
+    dropped = discard_unrecorded(options.out, done, options.group_size)
+    if dropped:
+        log.info("dropped %d rows of groups a killed run wrote but did not record; they are done again", dropped)
     outputs = ScanOutputs(options.out)
     images = 0
 
