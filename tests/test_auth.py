@@ -220,6 +220,25 @@ def test_keys_are_stored_as_hashes_shown_once_and_revocable(app, service, keys):
             assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
 
 
+def test_a_key_name_is_never_mistaken_for_a_key_id(service):
+    from app.errors import AppError
+
+    store = KeyStore(service.store.sessions)
+    admin = store.create("ops-admin", "admin").key
+    with pytest.raises(AppError) as refused:
+        store.create("1", "officer")
+    assert refused.value.status_code == 422 and "digits" in refused.value.message
+    # A registry from before the rule may hold such a name: revoking by those digits is refused as ambiguous.
+    legacy = store.create("leaked", "officer").key
+    with service.store.sessions.begin() as s:
+        s.get(ApiKey, legacy.id).name = str(admin.id)
+    with pytest.raises(AppError) as ambiguous:
+        store.revoke(str(admin.id))
+    assert ambiguous.value.code == "ambiguous"
+    assert all(k.revoked_at is None for k in store.list())
+    assert store.revoke(legacy.id).revoked_at is not None  # by id (an int) it is clear
+
+
 def test_rate_limit_answers_429_with_retry_after(settings, service, make_key):
     limited = create_app(settings.model_copy(update={"rate_limit_per_minute": 6, "rate_limit_burst": 3}),
                          service=service)

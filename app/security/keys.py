@@ -37,6 +37,10 @@ class KeyStore:
         name = (name or "").strip()
         if not name or len(name) > 100:
             raise AppError("A key needs a name of 1 to 100 characters.", code="validation_error", status_code=422)
+        if name.isdigit():
+            # `keys revoke 4` means the key with id 4: a name of digits would be mistaken for an id.
+            raise AppError("A key's name cannot be only digits (revoke reads digits as a key id); add a letter.",
+                           code="validation_error", status_code=422)
         try:
             role = Role(role)
         except ValueError:
@@ -85,6 +89,12 @@ class KeyStore:
     def _find(s, ref: str | int) -> ApiKey:
         if isinstance(ref, int) or str(ref).isdigit():
             row = s.get(ApiKey, int(ref))
+            # A key named with digits before such names were refused: say so rather than guess.
+            named = None if isinstance(ref, int) else s.scalar(select(ApiKey.id).where(
+                ApiKey.name == ref, ApiKey.revoked_at.is_(None), ApiKey.id != int(ref)))
+            if named is not None:
+                raise AppError(f"{ref!r} is the id of one key and the name of another (id {named}); revoke by id "
+                               "after checking `heritage-match keys list`.", code="ambiguous", status_code=409)
             if row is None:
                 raise NotFound(f"No API key with id {ref}.")
             return row
