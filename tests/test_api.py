@@ -98,6 +98,8 @@ def test_artefact_crud_and_photo_indexing(client):
     assert client.get(photos[0]["url"]).content == photo
     thumb = client.get(photos[0]["url"] + "?size=thumb")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    # Photos are case material: never kept in a (shared PC's) browser cache.
+    assert client.get(photos[0]["url"]).headers["cache-control"] == thumb.headers["cache-control"] == "no-store"
 
     hit = client.post("/v1/search", files={"image": ("q.jpg", photo, "image/jpeg")}).json()["results"][0]
     assert hit["artefact_id"] == art["id"] and hit["photo_id"] == photos[0]["id"]

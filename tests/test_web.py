@@ -395,6 +395,9 @@ def test_pages_load_nothing_from_elsewhere(demo, coins, browser_as):
             assert url.startswith(("/", "?", "#")) and not url.startswith("//"), (path, url)
         assert "<script>" not in r.text and " style=" not in r.text  # the CSP would block them
         assert not re.search(r"\son[a-z]+=", r.text), (path, "inline event handler")
+    photo = demo.store.get_artefact(art_id).photos[0].id
+    for size in ("thumb", "large", "full"):  # registry photos, too, stay out of the browser's cache
+        assert client.get(f"/photos/{photo}?size={size}").headers["cache-control"] == "no-store"
     for asset in ("/static/app.css", "/static/app.js"):
         body = client.get(asset).text
         assert "http://" not in body and "https://" not in body and "@import" not in body

@@ -37,7 +37,9 @@ async def get_photo(
     """
     photo = await run_in_threadpool(readable_photo, principal, photo_id, size, service.store, audit)
     data = service.store.photos.read(photo.sha256, photo.format)
-    headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{photo.sha256}-{size}"'}
+    # Registry photos are case material like every /v1 answer: no copy in the browser's cache, which a
+    # shared customs PC would keep after sign-out (the middleware's no-store applies).
+    headers = {}
     if size == "thumb":
         thumb = await run_in_threadpool(lambda: thumbnail_jpeg(decode_image(data, min_side=THUMB_SIZE).image, THUMB_SIZE))
         return Response(thumb, media_type="image/jpeg", headers=headers)

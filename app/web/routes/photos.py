@@ -42,4 +42,4 @@ async def photo(request: Request, photo_id: int = id_path("photo"),
         media = "image/jpeg"
     else:
         media = service.store.photos.media_type(found.format)
-    return finish(request, Response(data, media_type=media, headers={"Cache-Control": "private, max-age=600"}))
+    return finish(request, Response(data, media_type=media))  # no-store, as every page (pages.finish)
