@@ -267,6 +267,14 @@ def test_search_errors_come_back_on_the_form(browser_as):
     r = client.post("/search", data={"csrf_token": token}, headers={"X-HM-Async": "1", "Accept-Language": "fr"},
                     files={"image": ("x.jpg", b"zz", "image/jpeg")})
     assert "n'est pas une photo lisible" in r.json()["error"]
+    # The page's script is told to sign in again when the session has ended, and why a request was refused.
+    photo = {"image": ("q.jpg", jpeg_bytes(random_photo(3)), "image/jpeg")}
+    r = client.post("/search", data={"csrf_token": "forged"}, files=photo, headers={"X-HM-Async": "1"})
+    assert r.status_code == 403 and r.json()["error"]
+    client.cookies.clear()
+    r = client.post("/search", data={"csrf_token": token}, files=photo, headers={"X-HM-Async": "1"},
+                    follow_redirects=False)
+    assert r.status_code == 401 and r.json() == {"redirect": "/signin?next=%2Fsearch"}
 
 
 def test_registrar_creates_edits_and_adds_photos(browser_as, service):

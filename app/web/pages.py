@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from fastapi import Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.security.actor import Principal
@@ -155,8 +155,24 @@ def sign_in_url(request: Request) -> str:
     return "/signin?next=" + quote(target, safe="")
 
 
+ASYNC_HEADER = "x-hm-async"  # set by app.js: answer JSON (where to go next) instead of a page
+
+
+def wants_json(request: Request) -> bool:
+    return request.headers.get(ASYNC_HEADER) == "1"
+
+
 async def web_error_page(request: Request, exc: WebError) -> Response:
     if isinstance(exc, SignInRequired):
+        if wants_json(request):  # a script would follow a redirect to the sign-in page and show it as a failure
+            return finish(request, JSONResponse({"redirect": sign_in_url_for_page(request)}, status_code=401))
         return redirect(request, sign_in_url(request) if request.method == "GET" else "/signin")
     t = translator(request)
+    if wants_json(request):
+        return finish(request, JSONResponse({"error": t.gettext(exc.message)}, status_code=exc.status))
     return render(request, "error.html", status=exc.status, message=t.gettext(exc.message))
+
+
+def sign_in_url_for_page(request: Request) -> str:
+    """Sign-in, then back to the page a script's request came from (its own URL is a POST target)."""
+    return "/signin?next=" + quote(request.url.path, safe="")

@@ -18,14 +18,13 @@ from app.security.access import may_read_artefact, may_see_photo
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Permission
 from app.web.i18n import N_
-from app.web.pages import WebError, allow, csrf_checked, finish, redirect, render, translator
+from app.web.pages import WebError, allow, csrf_checked, finish, redirect, render, translator, wants_json
 from app.web.record_form import record_rows
 from app.web.searches import KeptSearch
 from app.web.session import WebUser
 
 router = APIRouter(include_in_schema=False)
 DISPLAY_SIZE = 1280  # the query photo as the pages show it
-ASYNC_HEADER = "x-hm-async"  # set by app.js: answer JSON (where to go next) instead of a page
 # What the officer reads when a search is refused, by the error's code; the API's message otherwise.
 ERROR_MESSAGES = {
     "bad_image": N_("This file is not a photo that can be read. Send a JPEG, PNG, WebP, TIFF, HEIC, BMP or GIF."),
@@ -60,7 +59,7 @@ def search_form(request: Request, user: WebUser = Depends(allow(Permission.searc
 async def search(request: Request, image: list[UploadFile] | None = File(None),
                  user: WebUser = Depends(csrf_checked(Permission.search))):
     service, audit = request.app.state.service, request.app.state.audit
-    wants_json = request.headers.get(ASYNC_HEADER) == "1"
+    as_json = wants_json(request)
     # The form has a camera input and a file input; the one the officer used has the photo.
     upload = next((f for f in image or [] if f is not None and f.filename), None)
     try:
@@ -80,14 +79,14 @@ async def search(request: Request, image: list[UploadFile] | None = File(None),
     except AppError as exc:
         t = translator(request)
         message = t.gettext(ERROR_MESSAGES.get(exc.code, exc.message))
-        if wants_json:
+        if as_json:
             return finish(request, JSONResponse({"error": message}, status_code=exc.status_code))
         return render(request, "search.html", status=exc.status_code, user=user, error=message)
     kept = request.app.state.web_searches.keep(
         sid=user.session.sid, key_id=user.principal.key_id, key_name=user.principal.name,
         role=user.principal.role.value, response=response, display_jpeg=display, filename=upload.filename or "")
     url = f"/results/{kept.id}"
-    if wants_json:
+    if as_json:
         return finish(request, JSONResponse({"redirect": url}))
     return redirect(request, url)
 
