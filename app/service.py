@@ -189,6 +189,7 @@ class MatchingService:
                 decoded.append(self.decode(item.data))
             except AppError as exc:
                 if item.label:
+                    exc.label = item.label  # the web says the file's name beside a translated message
                     exc.message = f"{item.label}: {exc.message}"
                     exc.args = (exc.message,)
                 raise

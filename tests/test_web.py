@@ -344,6 +344,25 @@ def test_an_edit_form_saved_unchanged_keeps_every_measurement_exactly(browser_as
     assert rows["Weight"] == "1234567 g" and rows["Measurements"].startswith("Height 12.3456789 ×")
 
 
+def test_registry_form_errors_are_in_the_pages_language(browser_as, service):
+    service.register_artefact({"inventory_number": "TAKEN-1"}, [])
+    client = browser_as("registrar")
+    client.get("/search?lang=ar")  # the officer switched to Arabic
+    token = csrf_of(client, "/registry/new")
+    r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "N-1", "height": "-3",
+                                           "date_reported": "2024-13-01", "weight": "heavy"})
+    assert r.status_code == 422 and 'dir="rtl"' in r.text
+    assert "الارتفاع: يجب أن يكون 0 أو أكثر" in r.text and "يجب أن يكون تاريخاً" in r.text
+    assert "يجب أن يكون رقماً" in r.text and "Input should" not in r.text
+    r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "TAKEN-1", "status": "missing"})
+    assert r.status_code == 422 and "رقم الجرد هذا" in r.text and "Another artefact" not in r.text
+    r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "N-2", "status": "missing"},
+                    files=[("image", ("bad.jpg", b"not a photo", "image/jpeg"))])
+    assert r.status_code == 422 and "bad.jpg: " in r.text and "The file is not" not in r.text
+    assert 'value="N-2"' in r.text  # what the registrar typed is still on the form
+    assert service.store.find_artefact("", "N-2") is None
+
+
 def test_language_follows_switch_then_cookie_then_accept_language(app):
     with TestClient(app) as client:
         assert '<html lang="en" dir="ltr">' in client.get("/signin").text

@@ -17,6 +17,7 @@ from app.service import PhotoInput
 from app.web.i18n import N_
 from app.web.pages import WebError, allow, csrf_checked, redirect, render, translator
 from app.web.record_form import FIELDS, STATUS_LABELS, fields_from_form, form_values
+from app.web.routes.search import ERROR_MESSAGES
 from app.web.session import WebUser
 
 router = APIRouter(include_in_schema=False)
@@ -48,6 +49,29 @@ def _edit_page(request: Request, user: WebUser, artefact, values: dict, status: 
                   fields=FIELDS, statuses=STATUS_LABELS, indexed=indexed, **extra)
 
 
+# What a field's error says, by pydantic's error type, in the page's language (others stay in English).
+FIELD_ERRORS = {
+    "greater_than_equal": N_("must be 0 or more"),
+    "finite_number": N_("must be a finite number"),
+    "float_parsing": N_("must be a number"),
+    "float_type": N_("must be a number"),
+    "date_parsing": N_("must be a date (YYYY-MM-DD)"),
+    "date_type": N_("must be a date (YYYY-MM-DD)"),
+    "date_from_datetime_parsing": N_("must be a date (YYYY-MM-DD)"),
+    "date_from_datetime_inexact": N_("must be a date (YYYY-MM-DD)"),
+    "string_too_long": N_("is too long"),
+    "string_too_short": N_("is required"),
+    "missing": N_("is required"),
+    "enum": N_("is not one of the choices"),
+}
+REMOVED = N_("cannot be removed")  # schemas.ArtefactUpdate: inventory number and status stay
+RECORD_ERRORS = {
+    "conflict": N_("Another artefact of this institution has that inventory number."),
+    "too_many_files": N_("Too many photos at once: at most %(count)s."),
+    **{code: message for code, message in ERROR_MESSAGES.items() if code in ("bad_image", "image_too_large")},
+}
+
+
 def _validation_messages(request: Request, exc: Exception) -> list[str]:
     t = translator(request)
     if isinstance(exc, ValidationError):
@@ -55,8 +79,17 @@ def _validation_messages(request: Request, exc: Exception) -> list[str]:
         out = []
         for err in exc.errors()[:8]:
             where = ".".join(str(x) for x in err.get("loc", ()))
-            out.append(f"{labels.get(where, where)}: {err.get('msg')}")
+            message = FIELD_ERRORS.get(err.get("type"))
+            if err.get("type") == "value_error" and str(err.get("msg", "")).endswith(REMOVED):
+                message = REMOVED
+            out.append(f"{labels.get(where, where)}: {t.gettext(message) if message else err.get('msg')}")
         return out
+    code = getattr(exc, "code", None)
+    if code in RECORD_ERRORS:
+        message = t.gettext(RECORD_ERRORS[code], count=MAX_PHOTOS_PER_REQUEST) if code == "too_many_files" \
+            else t.gettext(RECORD_ERRORS[code])
+        label = getattr(exc, "label", "")
+        return [f"{label}: {message}" if label else message]
     return [getattr(exc, "message", str(exc))]
 
 
