@@ -363,6 +363,52 @@ def test_registry_form_errors_are_in_the_pages_language(browser_as, service):
     assert service.store.find_artefact("", "N-2") is None
 
 
+def test_web_paths_answer_http_errors_with_translated_pages(browser_as):
+    client = browser_as("registrar")
+    for path, status in (("/nope?lang=ar", 404), ("/registry?page=abc&lang=ar", 422)):
+        r = client.get(path)
+        assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
+        assert 'dir="rtl"' in r.text and "not_found" not in r.text and "validation_error" not in r.text
+    r = client.put("/search?lang=fr")
+    assert r.status_code == 405 and "utilise pas ainsi" in r.text
+    # The API keeps its JSON errors.
+    r = client.get("/v1/nope")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"  # no key: refused before routing
+    assert client.get("/openapi.json/nope").json()["error"]["code"] == "not_found"
+
+
+def test_several_photos_at_once_fit_the_request_limit_and_one_too_many_gets_a_page(settings, encoder):
+    from app.api.main import create_app
+    from app.security.keys import KeyStore
+    from app.service import MatchingService
+    from tests.test_web import sign_in
+
+    small = MatchingService(settings.model_copy(update={"max_upload_mb": 0.5, "max_request_mb": 2}),
+                            encoder=encoder).start()
+    key = KeyStore(small.store.sessions).create("registrar-key", "registrar").token
+    import numpy as np
+    from PIL import Image
+
+    noise = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (300, 420, 3), dtype=np.uint8)) for i in range(4)]
+    photos = [("image", (f"p{i}.png", png_bytes(img), "image/png")) for i, img in enumerate(noise)]
+    assert all(0.25e6 < len(p[1][1]) < 0.5 * 2**20 for p in photos)  # each under the photo limit, 4 over it
+    with TestClient(create_app(service=small)) as client:
+        sign_in(client, key)
+        token = csrf_of(client, "/registry/new")
+        r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "MANY-1", "status": "missing"},
+                        files=photos, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        assert len(small.store.find_artefact("", "MANY-1").photos) == 4
+        r = client.post("/registry/new?lang=ar", data={"csrf_token": token, "inventory_number": "MANY-2"},
+                        files=photos * 3)  # about 4 MB: over the request limit
+        assert r.status_code == 413 and 'dir="rtl"' in r.text and "2 ميغابايت" in r.text
+        # The API's upload of several photos has the same room.
+        r = client.post(f"/v1/artefacts/{small.store.find_artefact('', 'MANY-1').id}/photos", files=photos[:1],
+                        headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 201
+    small.close()
+
+
 def test_language_follows_switch_then_cookie_then_accept_language(app):
     with TestClient(app) as client:
         assert '<html lang="en" dir="ltr">' in client.get("/signin").text

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
@@ -76,8 +76,16 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     async def _app_error(_: Request, exc: AppError):
         return error_response(exc.status_code, exc.code, exc.message)
 
+    def web_page(request: Request, status: int) -> Response | None:
+        """The web interface's translated error page for its own paths (None for the API's)."""
+        web_error = getattr(app.state, "web_http_error", None)
+        return web_error(request, status) if web_error is not None else None
+
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
+        page = web_page(request, 422)
+        if page is not None:
+            return page
         parts = []
         for err in exc.errors()[:5]:
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
@@ -85,7 +93,10 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         return error_response(422, "validation_error", "; ".join(parts) or "Invalid request.")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
+        page = web_page(request, exc.status_code)
+        if page is not None:
+            return page
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
@@ -93,7 +104,8 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     # Added innermost first: headers wrap everything, CORS answers preflights before authentication,
     # authentication refuses before the size limit lets any body in.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20),  # room for multipart headers
-                       limit_mb=settings.max_upload_mb)
+                       limit_mb=settings.max_upload_mb, multi_limit=settings.max_request_bytes + (1 << 20),
+                       multi_limit_mb=max(settings.max_request_mb, settings.max_upload_mb))
     # One limiter for the API and the web pages: a key's searches count alike wherever they come from.
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     # Guessing keys, through the API or the sign-in page, is slowed per client address.

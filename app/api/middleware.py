@@ -7,7 +7,10 @@ its rate, is refused before a byte of its body is read.
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -126,17 +129,18 @@ class BodySizeLimit:
     app made of the cut-off body.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, limit_mb: float):
+    def __init__(self, app: ASGIApp, limit: int, limit_mb: float, multi_limit: int | None = None,
+                 multi_limit_mb: float | None = None):
         self.app = app
-        self.limit = limit
-        self.message = f"The request is larger than the limit of {limit_mb:g} MB."
+        self.limits = {False: (limit, limit_mb), True: (multi_limit or limit, multi_limit_mb or limit_mb)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, limit_mb = self.limits[bool(MULTI_PHOTO_PATHS.match(scope["path"]))]
         length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > self.limit:
-            return await self._refuse(scope, receive, send)
+        if length.isdigit() and int(length) > limit:
+            return await self._refuse(scope, receive, send, limit_mb)
         received = 0
         over = False
         started = False
@@ -148,7 +152,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     over = True
                     raise BodyTooLarge()
             return message
@@ -165,12 +169,20 @@ class BodySizeLimit:
         except BodyTooLarge:
             pass
         if over and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit_mb)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(error_body("image_too_large", self.message), status_code=413,
-                                headers={"Connection": "close"})
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit_mb: float) -> None:
+        web_error = getattr(scope["app"].state, "web_http_error", None) if "app" in scope else None
+        response = web_error(Request(scope), 413, limit_mb=limit_mb) if web_error else None
+        if response is None:
+            response = JSONResponse(error_body("image_too_large", f"The request is larger than the limit of "
+                                                                  f"{limit_mb:g} MB."), status_code=413)
+        response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+# Requests that may carry several photos get the larger limit (each photo is still checked on its own).
+MULTI_PHOTO_PATHS = re.compile(r"^(/v1/artefacts/\d+/photos|/registry/new|/registry/\d+/photos)/?$")
 
 
 class BodyTooLarge(Exception):

@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
     host: str = "127.0.0.1"
     port: int = 8000
-    max_upload_mb: float = Field(25, description="Largest accepted upload.")
+    max_upload_mb: float = Field(25, description="Largest accepted upload (one photo).")
+    max_request_mb: float = Field(
+        200, description="Largest request that carries several photos (registry photo uploads, on the API and "
+        "the web); each photo in it is still at most max_upload_mb."
+    )
     max_image_pixels: int = Field(
         120_000_000, description="Larger images are refused as decompression bombs."
     )
@@ -108,6 +112,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(max(self.max_request_mb, self.max_upload_mb) * 1024 * 1024)
 
 
 @lru_cache

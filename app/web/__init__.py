@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.core.config import Settings
-from app.web.pages import WebError, web_error_page
+from app.web.pages import WebError, web_error_page, web_http_error
 from app.web.routes import photos, registry, search, signin
 from app.web.searches import SearchKeeper
 from app.web.session import SessionCodec
@@ -23,6 +23,7 @@ def mount_web(app: FastAPI, settings: Settings) -> None:
     app.state.web_sessions = SessionCodec(settings)
     app.state.web_searches = SearchKeeper(settings.data_dir, settings.web_searches_kept)
     app.add_exception_handler(WebError, web_error_page)
+    app.state.web_http_error = web_http_error  # the API's handlers answer web paths with these pages
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for router in ROUTERS:
         app.include_router(router)

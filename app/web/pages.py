@@ -173,6 +173,28 @@ async def web_error_page(request: Request, exc: WebError) -> Response:
     return render(request, "error.html", status=exc.status, message=t.gettext(exc.message))
 
 
+# Paths that answer JSON errors whoever asks: the API, its docs and health checks, static files.
+NOT_PAGES = ("/v1/", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz", "/static/")
+HTTP_ERRORS = {
+    404: N_("Not found."),
+    405: N_("This page cannot be used that way: go back and use its buttons."),
+    422: N_("This address or form is not valid: go back and try again."),
+}
+TOO_LARGE = N_("What was sent is larger than the limit of %(mb)s MB: go back and send fewer or smaller photos at once.")
+
+
+def web_http_error(request: Request, status: int, limit_mb: float | None = None) -> Response | None:
+    """The translated error page for an HTTP error on a web path; None on the API's paths (JSON there)."""
+    path = request.url.path
+    if path == "/v1" or path.startswith(NOT_PAGES) or (status != 413 and status not in HTTP_ERRORS):
+        return None
+    t = translator(request)
+    message = t.gettext(TOO_LARGE, mb=f"{limit_mb:g}") if status == 413 else t.gettext(HTTP_ERRORS[status])
+    if wants_json(request):
+        return finish(request, JSONResponse({"error": message}, status_code=status))
+    return render(request, "error.html", status=status, message=message)
+
+
 def sign_in_url_for_page(request: Request) -> str:
     """Sign-in, then back to the page a script's request came from (its own URL is a POST target)."""
     return "/signin?next=" + quote(request.url.path, safe="")
