@@ -188,6 +188,11 @@ class Health(BaseModel):
     artefacts: int | None
 
 
+class Readiness(BaseModel):
+    ready: bool = Field(description="The model is loaded and the index is usable with it.")
+    index: dict = Field(description="The index state, as in /healthz.")
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 

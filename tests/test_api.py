@@ -179,6 +179,26 @@ def test_openapi_lists_the_endpoints(client):
     for p in ("/v1/search", "/v1/artefacts", "/v1/artefacts/{artefact_id}", "/v1/artefacts/{artefact_id}/photos",
               "/v1/photos/{photo_id}", "/healthz", "/readyz"):
         assert p in paths
+    # What the endpoints answer besides success is in the schema too.
+    assert {"400", "413", "422"} <= set(paths["/v1/artefacts/{artefact_id}/photos"]["post"]["responses"])
+    ready = paths["/readyz"]["get"]["responses"]
+    assert {"200", "503"} <= set(ready) and "Readiness" in str(ready["503"])
+
+
+def test_readyz_says_not_ready_with_its_schema_while_the_index_is_of_another_model(client, service):
+    from app.schemas import Readiness
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(type(service), "index_status", lambda self: {"loaded": True, "matches_model": False})
+        r = client.get("/readyz")
+    assert r.status_code == 503 and Readiness.model_validate(r.json()).ready is False
+
+
+def test_more_photos_than_one_request_takes_is_refused_as_documented(client):
+    art = client.post("/v1/artefacts", json={"inventory_number": "MANY"}).json()
+    files = [("image", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(51)]
+    r = client.post(f"/v1/artefacts/{art['id']}/photos", files=files)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_files"
 
 
 def test_docs_page_needs_no_cdn(client):

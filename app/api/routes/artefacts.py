@@ -74,7 +74,9 @@ def delete_artefact(artefact_id: int = id_path("artefact"), service: MatchingSer
     "/{artefact_id}/photos",
     response_model=list[PhotoOut],
     status_code=201,
-    responses={**NOT_FOUND, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={**NOT_FOUND, 400: {"model": ErrorResponse, "description": "More than 50 photos in one request "
+                                                                        "(too_many_files)."},
+               413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     dependencies=WRITE,
 )
 async def add_photos(

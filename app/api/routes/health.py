@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from app.api.deps import get_service
-from app.schemas import Health
+from app.schemas import Health, Readiness
 from app.service import MatchingService
 
 router = APIRouter(tags=["health"])
@@ -21,9 +21,11 @@ def healthz(service: MatchingService = Depends(get_service)) -> Health:
     )
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready: no index, or one of another model."}})
 def readyz(service: MatchingService = Depends(get_service)):
-    """Ready when the model is loaded and the index is usable with it."""
+    """Ready when the model is loaded and the index is usable with it (200), else 503 with the same body."""
     status = service.index_status()
     ready = bool(status.get("loaded") and status.get("matches_model"))
-    return JSONResponse({"ready": ready, "index": status}, status_code=200 if ready else 503)
+    body = Readiness(ready=ready, index=status).model_dump()
+    return JSONResponse(body, status_code=200 if ready else 503)
