@@ -356,10 +356,12 @@ def test_registry_form_errors_are_in_the_pages_language(browser_as, service):
     assert "يجب أن يكون رقماً" in r.text and "Input should" not in r.text
     r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "TAKEN-1", "status": "missing"})
     assert r.status_code == 422 and "رقم الجرد هذا" in r.text and "Another artefact" not in r.text
-    r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "N-2", "status": "missing"},
+    r = client.post("/registry/new", data={"csrf_token": token, "inventory_number": "N-2", "status": "missing",
+                                           "view": "côté gauche"},
                     files=[("image", ("bad.jpg", b"not a photo", "image/jpeg"))])
     assert r.status_code == 422 and "bad.jpg: " in r.text and "The file is not" not in r.text
     assert 'value="N-2"' in r.text  # what the registrar typed is still on the form
+    assert 'value="côté gauche"' in r.text
     assert service.store.find_artefact("", "N-2") is None
 
 

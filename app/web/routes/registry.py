@@ -119,7 +119,8 @@ async def create_artefact(request: Request, image: list[UploadFile] | None = Fil
 
         artefact = await run_in_threadpool(register)
     except (AppError, ValidationError) as exc:
-        return _edit_page(request, user, None, raw, status=422, errors=_validation_messages(request, exc))
+        return _edit_page(request, user, None, raw, status=422, errors=_validation_messages(request, exc),
+                          view=view.strip()[:100])
     return redirect(request, f"/registry/{artefact.id}?saved=1")
 
 
