@@ -31,13 +31,15 @@ ARG FETCH_CLIP=1
 RUN mkdir -p "$HM_MODELS_DIR" \
     && if [ "$FETCH_CLIP" = "1" ]; then heritage-match models fetch; fi
 
+# The service user owns its data and its models dir: `models export` (HM_RUNTIME=onnx, onnx-int8,
+# openvino), OpenVINO's plan cache and the weights' checksum cache all write beside the weights.
 RUN useradd --system --uid 10001 --home-dir /opt/heritage-match hm \
-    && mkdir -p /data && chown hm /data
+    && mkdir -p /data && chown hm /data && chown -R hm "$HM_MODELS_DIR"
 USER hm
 VOLUME ["/data"]
 EXPOSE 8000
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
+    CMD python -c "import os,urllib.request,sys; port=os.environ.get('HM_PORT','8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"
 
 CMD ["heritage-match", "serve"]

@@ -88,6 +88,11 @@ def serve(
     threads = intra_op_threads(settings)
     if threads:  # before the workers load any library: OpenMP pools size themselves when loaded
         set_thread_environment(threads)
+    # The model settings and weights are checked here, where an error is one clear line: inside the
+    # server's start-up it would come out as a traceback (main() prints an AppError's message).
+    from app.embedding import create_encoder
+
+    create_encoder(settings).weights_path()
     uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
                 workers=settings.workers)
 
@@ -247,6 +252,7 @@ def models_fetch(
         cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
         if not cfg:
             _fail(f"open_clip knows no pretrained weights {spec.pretrained!r} for {spec.architecture}")
+        _check_hub_reachable()
         path = open_clip.download_pretrained(cfg, cache_dir=str(settings.models_dir))
     except typer.Exit:
         raise
@@ -264,6 +270,23 @@ def models_fetch(
         )
         raise typer.Exit(1)
     console.print(f"fetched: {path}")
+
+
+def _check_hub_reachable(timeout_s: float = 5.0) -> None:
+    """One quick connection to the model hub first: offline, the download would retry for about a minute,
+    printing a warning each time, before failing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # the download fails at once by itself
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"{url.hostname} cannot be reached ({exc})") from None
 
 
 @models_app.command("export")

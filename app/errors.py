@@ -47,6 +47,13 @@ class IndexModelMismatch(AppError):
     code = "index_model_mismatch"
 
 
+class ConfigError(AppError, ValueError):
+    """A setting that cannot work here (an unknown model, a GPU that is not there): said, not a traceback."""
+
+    status_code = 500
+    code = "config_error"
+
+
 class ModelUnavailable(AppError):
     status_code = 503
     code = "model_unavailable"

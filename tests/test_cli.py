@@ -88,3 +88,98 @@ def test_models_export_then_search_with_the_onnx_runtime(cli, coins, tmp_path, m
     body = json.loads(r.stdout[r.stdout.index("{"):])
     assert body["results"][0]["inventory_number"] == coins[3].inventory_number
     assert body["model"]["calibrated"] is True  # fp32 ONNX keeps the shipped calibration of torch's fingerprint
+
+
+def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """Run the console script's entry point as a user does: (exit code, everything it printed)."""
+    import sys
+
+    import uvicorn
+
+    from app.cli import main
+
+    def no_server(*_, **__):
+        raise AssertionError("the server was started despite the bad settings")
+
+    monkeypatch.setattr(uvicorn, "run", no_server)
+    monkeypatch.setattr(sys, "argv", ["heritage-match", *args])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out = capsys.readouterr()
+    return done.value.code, " ".join((out.out + out.err).split())
+
+
+@pytest.mark.parametrize("model, said", [
+    ("bogus", "Unknown model 'bogus'"),
+    ("clip:ViT-X:foo", "Unknown CLIP architecture 'ViT-X'"),
+    ("clip:ViT-B-32:/nowhere/weights.pt", "checkpoint file /nowhere/weights.pt does not exist"),
+])
+def test_bad_model_settings_are_said_in_one_line_not_a_traceback(cli, tmp_path, monkeypatch, capsys, model, said):
+    monkeypatch.setenv("HM_MODEL", model)
+    get_settings.cache_clear()
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg_bytes(random_photo(1)))
+    for args in (("search", str(query)), ("serve",)):
+        code, text = _main(monkeypatch, capsys, *args)
+        assert code == 1 and said in text and "Traceback" not in text, (args, text)
+
+
+def test_a_corrupt_checkpoint_is_said_to_be_unreadable(cli, tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "corrupt.pt"
+    checkpoint.write_bytes(bytes(range(256)) * 400)
+    monkeypatch.setenv("HM_MODEL", f"clip:ViT-B-32:{checkpoint}")
+    get_settings.cache_clear()
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg_bytes(random_photo(1)))
+    code, text = _main(monkeypatch, capsys, "search", str(query))
+    assert code == 1 and "is not a readable ViT-B-32 checkpoint" in text and "Traceback" not in text
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_said(cli, tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("HM_DEVICE", "cuda")
+    get_settings.cache_clear()
+    code, text = _main(monkeypatch, capsys, "serve")
+    assert code == 1 and "no CUDA GPU" in text and "Traceback" not in text
+
+
+def test_auto_on_an_exported_runtime_picks_the_model_torch_would(tmp_path):
+    """CLIP weights are here but only the offline model was exported: the runtime must not switch models."""
+    from app.core.config import Settings
+    from app.embedding import create_encoder
+    from app.embedding.onnx_runtime import export_paths
+    from app.errors import ModelUnavailable
+
+    checkpoint = tmp_path / "clip.pt"
+    checkpoint.write_bytes(b"weights")  # only its presence is looked at here
+    settings = Settings(model="auto", clip_default=f"clip:ViT-B-32:{checkpoint}", runtime="onnx",
+                        models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    for path in export_paths(settings.models_dir, "efficientnet-lite0", "onnx"):  # a leftover export
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    with pytest.raises(ModelUnavailable, match="export of clip:ViT-B-32"):
+        create_encoder(settings)
+
+
+def test_offline_fetch_gives_up_at_once_when_the_hub_cannot_be_reached(cli, monkeypatch):
+    import socket
+
+    import huggingface_hub.constants
+    import open_clip
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(*_, **__):
+        raise OSError("Network is unreachable")
+
+    def no_download(*_, **__):
+        raise AssertionError("downloaded (and retried) although the hub cannot be reached")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(open_clip, "download_pretrained", no_download)
+    r = cli("models", "fetch")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "cannot be reached" in said and "connected machine" in said

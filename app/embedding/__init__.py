@@ -7,6 +7,7 @@ import logging
 from app.core.config import Settings
 from app.embedding.base import ImageEncoder, ModelFingerprint
 from app.embedding.clip import ClipSpec, find_clip_weights
+from app.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def resolve_device(settings: Settings) -> str:
 
     has_gpu = torch.cuda.is_available()
     if settings.device == "cuda" and not has_gpu:
-        raise ValueError("HM_DEVICE=cuda but torch sees no CUDA GPU here; use HM_DEVICE=auto or cpu.")
+        raise ConfigError("HM_DEVICE=cuda but torch sees no CUDA GPU here; use HM_DEVICE=auto or cpu.")
     return "cuda" if has_gpu else "cpu"
 
 
@@ -67,11 +68,14 @@ def _create_exported_encoder(settings: Settings) -> ImageEncoder:
     from app.embedding.onnx_runtime import OnnxImageEncoder, has_export
 
     if settings.device == "cuda":
-        raise ValueError(f"HM_RUNTIME={settings.runtime} runs on CPU; use HM_RUNTIME=torch with HM_DEVICE=cuda.")
+        raise ConfigError(f"HM_RUNTIME={settings.runtime} runs on CPU; use HM_RUNTIME=torch with HM_DEVICE=cuda.")
     spec = settings.model.strip()
-    if spec == "auto":  # resolve_model would import open_clip to look for weights: look for exports first
-        exported = [m for m in (settings.clip_default, OFFLINE_MODEL) if has_export(settings.models_dir, m, settings.runtime)]
-        spec = exported[0] if exported else resolve_model(settings)
+    if spec == "auto":
+        # The model torch would pick (CLIP when its weights are here), so a runtime never changes the model:
+        # a leftover export of the offline model must not win over CLIP weights. A CLIP export is looked
+        # for first, since resolve_model imports open_clip to look for weights.
+        has_clip = has_export(settings.models_dir, settings.clip_default, settings.runtime)
+        spec = settings.clip_default if has_clip else resolve_model(settings)
     threads = intra_op_threads(settings)
     if settings.runtime == "openvino":
         from app.embedding.openvino_runtime import OpenVinoImageEncoder
@@ -111,4 +115,4 @@ def create_torch_encoder(settings: Settings) -> ImageEncoder:
 
         return ClipEncoder(ClipSpec.parse(spec), settings.models_dir, device=device,
                            batch_size=batch_size_for(settings, device))
-    raise ValueError(f"Unknown model {spec!r}: use auto, {OFFLINE_MODEL} or clip:<architecture>:<pretrained>.")
+    raise ConfigError(f"Unknown model {spec!r}: use auto, {OFFLINE_MODEL} or clip:<architecture>:<pretrained>.")

@@ -15,7 +15,7 @@ import numpy as np
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
 from app.embedding.torch_inference import run_module
-from app.errors import ModelUnavailable
+from app.errors import ConfigError, ModelUnavailable
 
 # open_clip's defaults for checkpoints without a pretrained config (OpenAI's CLIP statistics).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -32,7 +32,7 @@ class ClipSpec:
     def parse(cls, spec: str) -> "ClipSpec":
         parts = spec.split(":", 2)
         if len(parts) != 3 or parts[0] != "clip" or not parts[1] or not parts[2]:
-            raise ValueError(
+            raise ConfigError(
                 f"CLIP model must be written clip:<architecture>:<pretrained tag or checkpoint path>, got {spec!r}"
             )
         return cls(parts[1], parts[2])
@@ -97,13 +97,13 @@ def preprocessing_for(spec: ClipSpec) -> Preprocessing:
 
     model_cfg = open_clip.get_model_config(spec.architecture)
     if model_cfg is None:
-        raise ValueError(f"Unknown CLIP architecture {spec.architecture!r}; see `heritage-match models list`.")
+        raise ConfigError(f"Unknown CLIP architecture {spec.architecture!r}; see `heritage-match models list`.")
     size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
     cfg = {} if spec.is_file else (open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained) or {})
     mode = cfg.get("resize_mode", "shortest")
     if mode not in ("shortest", "squash"):
-        raise ValueError(f"resize mode {mode!r} of {spec.architecture} is not supported")
+        raise ConfigError(f"resize mode {mode!r} of {spec.architecture} is not supported")
     return Preprocessing(
         size=int(size),
         mode=mode,
@@ -129,6 +129,9 @@ class ClipEncoder(ImageEncoder):
 
     def weights_path(self) -> Path:
         path = find_clip_weights(self.spec, self.models_dir)
+        if path is None and self.spec.is_file:
+            raise ModelUnavailable(f"The checkpoint file {self.spec.pretrained} does not exist: check HM_MODEL "
+                                   f"(clip:{self.spec.architecture}:<path to checkpoint>).")
         if path is None:
             raise ModelUnavailable(
                 f"No weights for {self.spec.architecture} / {self.spec.pretrained} in {self.models_dir}. "
@@ -140,12 +143,16 @@ class ClipEncoder(ImageEncoder):
     def _load(self) -> None:
         import open_clip
 
-        model = open_clip.create_model(
-            self.spec.architecture, pretrained=str(self.weights_path()), device=self.device
-        )
+        weights = self.weights_path()
+        try:
+            model = open_clip.create_model(self.spec.architecture, pretrained=str(weights), device=self.device)
+        except Exception as exc:  # a truncated download, another architecture's weights, not a checkpoint at all
+            raise ModelUnavailable(f"{weights} is not a readable {self.spec.architecture} checkpoint "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                                   "Fetch or copy the weights again.") from exc
         cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
         if cfg.get("size") and tuple(cfg["size"])[0] != self.preprocessing.size:
-            raise ValueError(f"model expects {cfg['size']} input, preprocessing gives {self.preprocessing.size}")
+            raise ConfigError(f"model expects {cfg['size']} input, preprocessing gives {self.preprocessing.size}")
         self._visual = model.visual.eval()
 
     def export_module(self):
