@@ -431,3 +431,21 @@ def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service
     assert (out / "errors.jsonl").read_text() == ""
     matches = [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
     assert matches and {m["listing_id"] for m in matches} == {"L1"}
+
+
+def test_a_folder_scan_with_a_name_that_is_not_utf8_finishes_and_out_may_not_be_inside(scan_service, coins, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg_bytes(coins[2].image))
+    with open(os.fsencode(folder) + b"/caf\xe9.jpg", "wb") as f:  # a Windows archive's Latin-1 name
+        f.write(jpeg_bytes(coins[3].image))
+    with pytest.raises(ScanRefused, match="inside the folder"):
+        run_scan(ScanOptions(dump=folder, out=folder / "results", workers=1), scan_service.settings, scan_service)
+    out = tmp_path / "out"
+    summary = run_scan(ScanOptions(dump=folder, out=out, workers=1), scan_service.settings, scan_service)
+    assert summary.images == 2 and summary.errors == 0
+    rows = [json.loads(line) for line in (out / "matches.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["image"] for r in rows} == {"a.jpg", "caf\udce9.jpg"}
+    assert (out / "report.html").is_file() and b"caf\\udce9.jpg" in (out / "matches.csv").read_bytes()
+    again = run_scan(ScanOptions(dump=folder, out=out, workers=1), scan_service.settings, scan_service)
+    assert again.status == "already_finished"

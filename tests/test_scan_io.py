@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.server
+import json
+import os
 import threading
 import zipfile
 
@@ -161,3 +163,79 @@ def test_csv_cells_cannot_become_spreadsheet_formulas():
            "region": None, "listing": {"title": "+1"}, "image_sha256": "ab"}
     text = matches_csv([row])
     assert "'=HYPERLINK" in text and ",'+1," in text
+
+
+def _items(text: str, kind: str):
+    import io
+
+    from app.scan.reader import parse_manifest
+
+    return list(parse_manifest(io.StringIO(text, newline=""), kind))
+
+
+def test_hostile_jsonl_lines_become_row_errors_and_the_dump_goes_on():
+    lines = ['{"listing_id": "L1", "images": ["a.jpg"]}',
+             '{"listing_id": "L2", "price": ' + "1" * 5000 + ', "images": ["b.jpg"]}',
+             "[" * 100_000,
+             '{"listing_id": "L4", "images": []}',
+             '{"listing_id": "L5"}',
+             '{"listing_id": "L6", "title": "Jarre d\ufffdcor\ufffde", "images": ["c.jpg"]}',
+             '{"listing_id": "L7", "images": ["d.jpg"]}']
+    items = _items("\n".join(lines) + "\n", "jsonl")
+    assert [type(i).__name__ for i in items] == ["Listing"] + ["RowError"] * 5 + ["Listing"]
+    reasons = [i.reason for i in items if isinstance(i, RowError)]
+    assert "not valid JSON" in reasons[0] and "nested too deeply" in reasons[1]
+    assert "no photos" in reasons[2] and "no photos" in reasons[3] and "UTF-8" in reasons[4]
+
+
+def test_csv_dumps_as_spreadsheets_write_them():
+    long_text = "x" * 200_000
+    text = (" Listing_ID , Title ,Images\n"
+            "L1,Ewer,a.jpg\n"
+            f'L2,"{long_text}",b.jpg|c.jpg\n'
+            "L3,Lamp,\n"
+            "L4,Caf\ufffd,d.jpg\n"
+            'L5,"two\nlines",e.jpg\n'
+            "L6,Coin,f.jpg\n")
+    items = _items(text, "csv")
+    kinds = [(type(i).__name__, getattr(i, "listing_id", None) or i.reason[:20]) for i in items]
+    assert [k for k, _ in kinds] == ["Listing", "Listing", "RowError", "RowError", "Listing", "Listing"], kinds
+    by_id = {i.listing_id: i for i in items if isinstance(i, Listing)}
+    assert by_id["L1"].images == ("a.jpg",) and by_id["L1"].fields["title"] == "Ewer"
+    assert by_id["L2"].images == ("b.jpg", "c.jpg") and len(by_id["L2"].fields["title"]) == 20_000
+    assert by_id["L5"].where == "lines 6-7" and by_id["L6"].where == "line 8"
+    errors = [i for i in items if isinstance(i, RowError)]
+    assert errors[0].where == "line 4" and "no photos" in errors[0].reason and "UTF-8" in errors[1].reason
+
+
+def test_a_csv_row_that_cannot_be_read_is_skipped_and_the_rest_read(monkeypatch):
+    import csv
+
+    from app.scan import reader
+
+    before = csv.field_size_limit()
+    monkeypatch.setattr(reader, "CSV_CELL_LIMIT", 10)  # as if a cell were over the limit
+    csv.field_size_limit(10)
+    try:
+        items = _items("listing_id,images\nL1,a.jpg\nL2," + "b" * 50 + ".jpg\nL3,c.jpg\n", "csv")
+    finally:
+        csv.field_size_limit(before)
+    assert [getattr(i, "listing_id", None) for i in items] == ["L1", None, "L3"]
+    assert items[1].where == "line 3" and "cannot be read" in items[1].reason
+
+
+def test_names_that_are_not_utf8_are_written_not_fatal(tmp_path):
+    from app.scan.outputs import _utf8
+    from app.scan.reader import open_dump
+
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    (folder / "ok.jpg").write_bytes(b"x")
+    open(os.fsencode(folder) + b"/caf\xe9.jpg", "wb").write(b"y")
+    dump = open_dump(folder, 1024)
+    names = [i.listing_id for i in dump.items()]
+    assert "caf\udce9.jpg" in names and dump.identity()
+    assert _utf8(json.dumps({"image": names[0]}, ensure_ascii=False)) == b'{"image": "caf\\udce9.jpg"}'
+    with open_append(tmp_path / "rows.jsonl") as f:
+        f.write(names[0] + "\n")
+    assert (tmp_path / "rows.jsonl").read_bytes() == b"caf\\udce9.jpg\n"

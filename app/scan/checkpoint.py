@@ -90,4 +90,5 @@ def open_append(path: Path):
                 keep = max(0, keep - len(chunk))
             if keep != data_end:
                 f.truncate(keep)
-    return open(path, "a", encoding="utf-8")
+    # backslashreplace: a file name that is not UTF-8 (kept as surrogates) is written as \udcXX, not a crash
+    return open(path, "a", encoding="utf-8", errors="backslashreplace")

@@ -112,7 +112,7 @@ def discard_unrecorded(out_dir: Path, done: set[int], group_size: int) -> int:
         rows = read_jsonl(path)
         kept = [r for r in rows if r["seq"] // group_size in done]
         if len(kept) != len(rows):
-            atomic_write(path, "".join(_line(r) for r in kept).encode())
+            atomic_write(path, _utf8("".join(_line(r) for r in kept)))
         dropped += len(rows) - len(kept)
     return dropped
 
@@ -123,9 +123,9 @@ def finalize_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
     matches = _unique(read_jsonl(out_dir / MATCHES), lambda r: (r["seq"], r["image_index"], r["rank"]))
     errors = _unique(read_jsonl(out_dir / ERRORS),
                      lambda r: (r["seq"], -1 if r["image_index"] is None else r["image_index"]))
-    atomic_write(out_dir / MATCHES, "".join(_line(r) for r in matches).encode())
-    atomic_write(out_dir / ERRORS, "".join(_line(r) for r in errors).encode())
-    atomic_write(out_dir / MATCHES_CSV, matches_csv(matches).encode())
+    atomic_write(out_dir / MATCHES, _utf8("".join(_line(r) for r in matches)))
+    atomic_write(out_dir / ERRORS, _utf8("".join(_line(r) for r in errors)))
+    atomic_write(out_dir / MATCHES_CSV, _utf8(matches_csv(matches)))
     return matches, errors
 
 
@@ -158,6 +158,11 @@ def _unique(rows: list[dict], key) -> list[dict]:
         # next group (the resume drops unrecorded groups' rows first): the two writes are the same.
         by_key.setdefault(key(r), r)
     return [by_key[k] for k in sorted(by_key)]
+
+
+def _utf8(text: str) -> bytes:
+    """A file or member name that is not UTF-8 (held as surrogates) is written as \\udcXX, not a crash."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _line(row: dict) -> str:

@@ -25,6 +25,11 @@ LISTING_FIELDS = ("title", "description", "url", "price", "currency", "seller", 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 MAX_TEXT = 20_000  # a listing's description beyond this is cut: the report stays readable
+CSV_CELL_LIMIT = 16 << 20  # csv's own limit (128 KiB) would stop the dump at one long description
+# Manifests are decoded with errors="replace": a row holding the replacement character had bytes that
+# are not UTF-8 (a spreadsheet's Windows-1252 export, say) and its photo names cannot be trusted.
+UNDECODED = "\ufffd"
+NOT_UTF8 = "the row holds bytes that are not UTF-8 text: save the dump as UTF-8"
 
 
 class DumpError(Exception):
@@ -107,8 +112,8 @@ class Dump:
         h = hashlib.sha256(self.kind.encode())
         if self.kind == "folder":
             root = self.path.resolve()
-            for name in _folder_images(root):
-                h.update(f"{name}\0{os.path.getsize(root / name)}\n".encode())
+            for name in _folder_images(root):  # a name that is not UTF-8 keeps its bytes (surrogateescape)
+                h.update(f"{name}\0{os.path.getsize(root / name)}\n".encode("utf-8", "surrogateescape"))
             return h.hexdigest()
         size = self.path.stat().st_size
         h.update(str(size).encode())
@@ -163,32 +168,56 @@ def _jsonl_items(f: TextIO) -> Iterator[Listing | RowError]:
         if not line.strip():
             continue
         where = f"line {line_no}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            yield RowError(seq, where, f"not valid JSON ({exc.msg})")
+        if UNDECODED in line:
+            yield RowError(seq, where, NOT_UTF8)
         else:
-            yield _listing(seq, row, where)
+            try:
+                row = json.loads(line)
+            except RecursionError:
+                yield RowError(seq, where, "not valid JSON (nested too deeply)")
+            except ValueError as exc:  # a JSONDecodeError, or an integer too long to convert
+                yield RowError(seq, where, f"not valid JSON ({getattr(exc, 'msg', None) or exc})")
+            else:
+                yield _listing(seq, row, where)
         seq += 1
 
 
 def _csv_items(f: TextIO) -> Iterator[Listing | RowError]:
+    # A listing's description may be long: cells are cut to MAX_TEXT afterwards, not refused by csv.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_CELL_LIMIT))
     reader = csv.DictReader(f)
-    seq = 0
     try:
-        for row in reader:
-            where = f"line {reader.line_num}"
-            if None in row:  # more cells than columns
-                yield RowError(seq, where, f"the row has {len(row) - 1 + len(row[None])} cells, the header "
-                               f"{len(reader.fieldnames or [])}")
-            else:
-                images = row.get("images")
-                clean = {k.strip(): v for k, v in row.items() if k}
-                clean["images"] = [p for p in (images or "").split("|") if p.strip()]
-                yield _listing(seq, clean, where)
-            seq += 1
+        if not reader.fieldnames:  # reads the header: line numbers count from it
+            return
     except csv.Error as exc:
-        yield RowError(seq, f"line {reader.line_num}", f"the CSV cannot be read from here on ({exc})")
+        yield RowError(0, "line 1", f"the CSV header cannot be read ({exc})")
+        return
+    seq = 0
+    skipped = 0  # lines of unreadable rows, which the reader's line count leaves out
+    while True:
+        start = reader.line_num + skipped + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # one unreadable row: reported, and the reader goes on with the next line
+            yield RowError(seq, f"line {start}", f"the CSV row cannot be read ({exc})")
+            seq += 1
+            skipped += 1
+            continue
+        end = reader.line_num + skipped
+        where = f"line {start}" if end == start else f"lines {start}-{end}"
+        if None in row:  # more cells than columns
+            yield RowError(seq, where, f"the row has {len(row) - 1 + len(row[None])} cells, the header "
+                           f"{len(reader.fieldnames or [])}")
+        elif any(UNDECODED in (v or "") for v in row.values()):
+            yield RowError(seq, where, NOT_UTF8)
+        else:
+            # Header names as a spreadsheet writes them: " Images", "Title".
+            clean = {k.strip().lower(): v for k, v in row.items() if k}
+            clean["images"] = [p for p in (clean.get("images") or "").split("|") if p.strip()]
+            yield _listing(seq, clean, where)
+        seq += 1
 
 
 def _listing(seq: int, row, where: str) -> Listing | RowError:
@@ -202,6 +231,8 @@ def _listing(seq: int, row, where: str) -> Listing | RowError:
         images = [images]
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         return RowError(seq, where, "images must be a list of paths or URLs")
+    if not any(i.strip() for i in images):  # nothing to check: say so rather than pass it as clean
+        return RowError(seq, where, "the listing has no photos (`images` is missing or empty)")
     fields = {}
     for name in LISTING_FIELDS:
         value = row.get(name)

@@ -47,7 +47,8 @@ function sortBy(order){
 
 def write_report(path: Path, matches: list[dict], thumbs_dir: Path, registry_thumbs: dict[int, bytes],
                  summary: dict) -> None:
-    Path(path).write_text(render_report(matches, thumbs_dir, registry_thumbs, summary), encoding="utf-8")
+    Path(path).write_text(render_report(matches, thumbs_dir, registry_thumbs, summary), encoding="utf-8",
+                          errors="backslashreplace")  # a name that is not UTF-8 must not stop the report
 
 
 def render_report(matches: list[dict], thumbs_dir: Path, registry_thumbs: dict[int, bytes], summary: dict) -> str:

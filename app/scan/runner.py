@@ -91,6 +91,9 @@ def run_scan(options: ScanOptions, settings: Settings, service=None, progress: P
         dump = open_dump(options.dump, settings.max_upload_bytes)
     except DumpError as exc:
         raise ScanRefused(str(exc)) from exc
+    if dump.kind == "folder" and Path(options.out).resolve().is_relative_to(Path(options.dump).resolve()):
+        # The scan's own thumbnails would be read as new listings, and change the dump under its checkpoint.
+        raise ScanRefused(f"--out {options.out} is inside the folder being scanned: choose a folder outside it")
     own_service = service is None
     service = service or MatchingService(settings)
     try:
