@@ -490,10 +490,20 @@ def audit_export(out: Path = typer.Argument(..., help="OUT.jsonl: one event a li
 
 
 def main() -> None:
+    from sqlalchemy.exc import OperationalError
+
     try:
         app()
     except AppError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)
+    except OperationalError as exc:  # a registry database that cannot be opened or written
+        settings = get_settings()
+        console.print(f"[red]error:[/red] the registry database cannot be used ({exc.orig}): check that "
+                      f"HM_DATA_DIR ({settings.data_dir}) exists and this user may write to it.")
+        sys.exit(1)
+    except OSError as exc:  # a folder that cannot be created, a file where a folder is wanted...
+        console.print(f"[red]error:[/red] {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         sys.exit(1)
 
 

@@ -183,3 +183,32 @@ def test_offline_fetch_gives_up_at_once_when_the_hub_cannot_be_reached(cli, monk
     r = cli("models", "fetch")
     said = " ".join(r.output.split())
     assert r.exit_code == 1 and "cannot be reached" in said and "connected machine" in said
+
+
+def test_search_json_is_the_only_thing_on_stdout(tmp_path, monkeypatch):
+    """`search --json | jq` must work: no library message on stdout."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg_bytes(random_photo(1)))
+    env = {**os.environ, "HM_DATA_DIR": str(tmp_path / "data"), "HM_MODEL": "efficientnet-lite0"}
+    subprocess.run([sys.executable, "-m", "app.cli", "demo"], cwd=ROOT, env=env, capture_output=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "app.cli", "search", str(query), "--json"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and json.loads(run.stdout)["model"]["name"] == "efficientnet-lite0"
+
+
+def test_a_data_folder_that_cannot_be_used_is_said(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("HM_DATA_DIR", str(blocker / "data"))
+    get_settings.cache_clear()
+    try:
+        code, text = _main(monkeypatch, capsys, "keys", "list")
+    finally:
+        get_settings.cache_clear()
+    assert code == 1 and "a-file" in text and "Traceback" not in text

@@ -3,6 +3,8 @@ download at all (air-gapped posts, CI). Global descriptor: GeM pooling of the la
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,9 @@ class EfficientNetLiteEncoder(ImageEncoder):
         import torch
         from efficientnet_lite_pytorch import EfficientNet
 
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights_path()))
+        # The library prints "Loaded pretrained weights ..." to stdout, which would break `--json` output.
+        with contextlib.redirect_stdout(sys.stderr):
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights_path()))
         self._net = net.eval().to(self.device)
         net = self._net
 
