@@ -23,9 +23,49 @@ from app.service import MatchingService, PhotoInput
 KS = (1, 5, 10)
 
 
+class PackError(AppError):
+    """A benchmark pack that does not follow the format: which file, which line, what is wrong."""
+
+    code = "bad_pack"
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    path = Path(path)
+    if not path.is_file():
+        raise PackError(f"{path} is missing: a pack holds references.jsonl and queries.jsonl "
+                        "(format: ../shared/benchmarks/README.md)")
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise PackError(f"{path.name} line {n}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+                if not isinstance(row, dict):
+                    raise PackError(f"{path.name} line {n}: each line must be a JSON object")
+                rows.append((n, row))
+    except UnicodeDecodeError as exc:
+        raise PackError(f"{path.name} is not UTF-8 text ({exc.reason})") from None
+    return [_checked(path.name, n, row) for n, row in rows]
+
+
+def _checked(name: str, line: int, row: dict) -> dict:
+    """The fields the format requires, with their types (a string where a list belongs was read letter by letter)."""
+    where = f"{name} line {line}"
+    if not isinstance(row.get("path"), str) or not row["path"].strip():
+        raise PackError(f"{where}: `path` (the photo's path in the pack) is missing")
+    if name == "references.jsonl":
+        if not isinstance(row.get("object_id"), (str, int)) or not str(row["object_id"]).strip():
+            raise PackError(f"{where}: `object_id` is missing")
+    else:
+        for key in ("object_ids", "tags"):
+            value = row.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+                raise PackError(f"{where}: `{key}` must be a list of strings")
+    return row
 
 
 def reference_photos(pack: Path) -> dict[str, str]:
@@ -34,6 +74,13 @@ def reference_photos(pack: Path) -> dict[str, str]:
     for r in read_jsonl(Path(pack) / "references.jsonl"):
         out.setdefault(str(r["object_id"]), r["path"])
     return out
+
+
+def _read_photo(pack: Path, rel: str) -> bytes:
+    try:
+        return (pack / rel).read_bytes()
+    except OSError as exc:
+        raise PackError(f"{rel}: the photo cannot be read ({exc.strerror or exc})") from None
 
 
 def write_report(result: dict, pack: Path, out: Path) -> None:
@@ -63,7 +110,7 @@ def evaluate_pack(
                 by_object[str(r["object_id"])].append(r)
             id_of: dict[int, str] = {}
             for i, (object_id, rows) in enumerate(by_object.items(), start=1):
-                photos = [PhotoInput((pack / r["path"]).read_bytes(), label=r["path"]) for r in rows]
+                photos = [PhotoInput(_read_photo(pack, r["path"]), label=r["path"]) for r in rows]
                 title = next((r.get("title") for r in rows if r.get("title")), None)
                 artefact = service.register_artefact({"inventory_number": object_id, "title": title}, photos)
                 id_of[artefact.id] = object_id
@@ -101,11 +148,11 @@ def _score_queries(service, pack, queries, id_of, progress, top_k: int) -> dict:
     errors = []
     candidates: list[dict] = []
     for n, q in enumerate(queries, start=1):
-        data = (pack / q["path"]).read_bytes()
-        t0 = time.perf_counter()
         try:
+            data = _read_photo(pack, q["path"])
+            t0 = time.perf_counter()
             response = service.search(data, top_k=top_k)
-        except AppError as exc:
+        except AppError as exc:  # an unreadable or missing query photo is counted, the rest is measured
             errors.append({"query": q["path"], "error": exc.message})
             continue
         latencies.append((time.perf_counter() - t0) * 1000)

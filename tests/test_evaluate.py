@@ -98,3 +98,37 @@ def test_coin_listing_pack_reaches_the_same_object_target(coin_listing_pack, set
     assert result["recall@1"] >= 0.97, {k: result[k] for k in ("recall@1", "per_tag")}
     assert result["false_match_rate"] <= 0.01
     assert not result["errors"]
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda p: (p / "references.jsonl").unlink(), "references.jsonl is missing"),
+    (lambda p: (p / "queries.jsonl").write_text('{"path": "queries/1.jpg", "object_ids": ["A"],}\n'),
+     "queries.jsonl line 1: not valid JSON"),
+    (lambda p: (p / "queries.jsonl").write_text('{"path": "queries/1.jpg", "object_ids": "OBJ-A"}\n'),
+     "`object_ids` must be a list"),
+    (lambda p: (p / "references.jsonl").write_text('{"object_id": "A", "path": "references/none.png"}\n'),
+     "references/none.png: the photo cannot be read"),
+])
+def test_a_malformed_pack_is_refused_with_file_and_line(coin_pack, settings, encoder, tmp_path, damage, said):
+    import shutil
+
+    from app.evaluate import PackError
+
+    pack = tmp_path / "pack"
+    shutil.copytree(coin_pack, pack)
+    damage(pack)
+    with pytest.raises(PackError, match=said.replace("(", r"\(").replace("`", "`")):
+        evaluate_pack(pack, settings, encoder=encoder)
+
+
+def test_a_missing_query_photo_is_an_error_and_a_bom_is_read(coin_pack, settings, encoder, tmp_path):
+    import shutil
+
+    pack = tmp_path / "pack"
+    shutil.copytree(coin_pack, pack)
+    (pack / "queries" / "1.jpg").unlink()
+    text = (pack / "queries.jsonl").read_text()
+    (pack / "queries.jsonl").write_text("\ufeff" + text, encoding="utf-8")  # as Windows tools save it
+    result = evaluate_pack(pack, settings, encoder=encoder)
+    assert [e["query"] for e in result["errors"]] == ["queries/1.jpg"]
+    assert result["queries"] == 24
