@@ -124,6 +124,9 @@ def search(
     audit = AuditLog(service.store.sessions)
     data = image.read_bytes()
     try:
+        if service.index is not None and service.index.count == 0:  # a mistyped HM_DATA_DIR, most often
+            console.print(f"[yellow]warning:[/yellow] the registry in {service.settings.data_dir} holds no indexed "
+                          "photo: no search can match (check HM_DATA_DIR).")
         response = service.search(data, top_k=top_k)
         response.audit_id = audit.record_search(response)
     except AppError as exc:

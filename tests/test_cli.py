@@ -212,3 +212,15 @@ def test_a_data_folder_that_cannot_be_used_is_said(tmp_path, monkeypatch, capsys
     finally:
         get_settings.cache_clear()
     assert code == 1 and "a-file" in text and "Traceback" not in text
+
+
+def test_an_empty_registry_is_said_by_search_and_refused_by_scan(cli, tmp_path):
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg_bytes(random_photo(1)))
+    r = cli("search", str(query))
+    assert r.exit_code == 0 and "holds no indexed photo" in " ".join(r.output.split())
+    (tmp_path / "dump").mkdir()
+    (tmp_path / "dump" / "a.jpg").write_bytes(jpeg_bytes(random_photo(2)))
+    r = CliRunner().invoke(app, ["scan", str(tmp_path / "dump"), "--out", str(tmp_path / "out")])
+    assert r.exit_code != 0 and "holds no indexed photo" in " ".join(r.output.split())
+    assert not (tmp_path / "out" / "matches.jsonl").exists()

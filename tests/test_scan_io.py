@@ -56,8 +56,33 @@ def test_zip_members_with_unsafe_names_are_never_read(tmp_path):
     for ref in ("../evil.jpg", "evil.jpg"):
         with pytest.raises(ImageUnavailable):
             src.read(ref)
-    dump = open_dump(path, 1024)  # a zip of photos: the unsafe member is no listing either
-    assert [it.listing_id for it in dump.items()] == ["good.jpg"]
+    dump = open_dump(path, 1024)  # a zip of photos: the unsafe member is reported, never read
+    items = list(dump.items())
+    assert [it.listing_id for it in items if isinstance(it, Listing)] == ["good.jpg"]
+    assert [(e.where, "not read" in e.reason) for e in items if isinstance(e, RowError)] == [("../evil.jpg", True)]
+
+
+def test_tar_photos_that_are_links_or_leave_the_archive_are_reported(tmp_path):
+    import io
+    import tarfile
+
+    path = tmp_path / "d.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("good.jpg", "/abs.jpg", "../up.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"data"))
+        link = tarfile.TarInfo("link.jpg")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+        notes = tarfile.TarInfo("notes.txt")
+        notes.size = 1
+        tar.addfile(notes, io.BytesIO(b"x"))
+    items = list(open_dump(path, 1024).items())
+    assert [it.listing_id for it in items if isinstance(it, Listing)] == ["good.jpg"]
+    assert sorted(e.where for e in items if isinstance(e, RowError)) == ["../up.jpg", "/abs.jpg", "link.jpg"]
+    assert [it.seq for it in items] == [0, 1, 2, 3]
 
 
 def test_two_manifests_in_one_archive_are_refused(tmp_path):

@@ -89,9 +89,9 @@ class Dump:
                 return
             seq = 0
             for m in tar:  # streamed in archive order: a tar of images is read in one pass
-                name = _image_member(m.name, m.isreg())
-                if name:
-                    yield Listing(seq, name, {}, (name,), name)
+                item = _member_item(seq, m.name, m.isreg(), m.issym() or m.islnk())
+                if item is not None:
+                    yield item
                     seq += 1
 
     def _zip_items(self) -> Iterator[Listing | RowError]:
@@ -102,9 +102,9 @@ class Dump:
                 return
             seq = 0
             for info in zf.infolist():
-                name = _image_member(info.filename, not info.is_dir())
-                if name:
-                    yield Listing(seq, name, {}, (name,), name)
+                item = _member_item(seq, info.filename, not info.is_dir(), False)
+                if item is not None:
+                    yield item
                     seq += 1
 
     def identity(self) -> str:
@@ -253,13 +253,23 @@ def _folder_images(root: Path) -> Iterable[str]:
                 yield fn if rel == "." else posixpath.join(*Path(rel).parts, fn)
 
 
-def _image_member(name: str, regular: bool) -> str | None:
-    if not regular or not is_image_name(name) or "__MACOSX" in name or posixpath.basename(name).startswith("."):
+def _member_item(seq: int, name: str, regular: bool, link: bool) -> Listing | RowError | None:
+    """An archive member as a listing of one photo; None for what is no photo (folders, macOS leftovers).
+
+    A photo that is a link, or whose name would leave the archive (``../``, absolute), is never read and
+    is reported, as the README says: "refused for that photo".
+    """
+    if not is_image_name(name) or "__MACOSX" in name or posixpath.basename(name).startswith("."):
+        return None
+    if link:
+        return RowError(seq, name, "the archive member is a link, not a photo: not read")
+    if not regular:
         return None
     try:
-        return safe_name(name)
-    except ImageUnavailable:
-        return None  # an unsafe member name is never read
+        safe = safe_name(name)
+    except ImageUnavailable as exc:
+        return RowError(seq, name, f"{exc}: not read")
+    return Listing(seq, safe, {}, (safe,), safe)
 
 
 def _one_manifest(names: Iterable[str]) -> str | None:

@@ -111,6 +111,9 @@ def run_scan(options: ScanOptions, settings: Settings, service=None, progress: P
         else:
             service.reconcile_index()
         service.check_index()  # no index, or one of another model: refuse before writing anything
+        if service.index.count == 0:
+            raise ScanRefused(f"the registry in {settings.data_dir} holds no indexed photo, so nothing could match: "
+                              "check HM_DATA_DIR (or register artefacts first)")
         checkpoint.write_state({**wanted, "finished": False})
         done = checkpoint.done()
         progress.start(dump.count(), sum(s.listings + s.row_errors for s in done.values()))
