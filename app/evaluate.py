@@ -6,7 +6,6 @@ The pack's references are registered in a throw-away data directory and every qu
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -18,6 +17,7 @@ import numpy as np
 from app.core.config import Settings
 from app.embedding import ImageEncoder, create_encoder
 from app.errors import AppError
+from app.jsonl import parse_json_line
 from app.service import MatchingService, PhotoInput
 
 KS = (1, 5, 10)
@@ -40,10 +40,9 @@ def read_jsonl(path: Path) -> list[dict]:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise PackError(f"{path.name} line {n}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+                row, error = parse_json_line(line)
+                if error:
+                    raise PackError(f"{path.name} line {n}: {error}")
                 if not isinstance(row, dict):
                     raise PackError(f"{path.name} line {n}: each line must be a JSON object")
                 rows.append((n, row))

@@ -132,3 +132,14 @@ def test_cli_import_of_a_latin1_manifest_says_what_to_do(tmp_path, settings):
     said = " ".join((run.stderr + run.stdout).split())
     assert run.returncode == 1 and "Traceback" not in said
     assert "not UTF-8" in said and "line 1" in said and "Nothing was imported" in said
+
+
+def test_hostile_jsonl_manifest_lines_are_row_errors(tmp_path, service):
+    write_photos(tmp_path, 1)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"inventory_number": "H-1", "height": ' + "9" * 5000 + ', "photos": ["p0.jpg"]}\n'
+                        + "[" * 100_000 + "\n"
+                        + '{"inventory_number": "H-2", "photos": ["p0.jpg"]}\n')
+    report = import_manifest(service, manifest)
+    assert report.created == 1 and [e.line for e in report.errors] == [1, 2]
+    assert all("not valid JSON" in e.message for e in report.errors)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from pydantic import ValidationError
 
 from app.errors import AppError
+from app.jsonl import parse_json_line
 from app.registry.photos import EXTENSIONS
 from app.schemas import RECORD_FIELDS, ArtefactCreate
 from app.service import MatchingService, PhotoInput
@@ -102,10 +103,9 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, None, f"not valid JSON ({exc.msg})"
+            row, error = parse_json_line(line)
+            if error:
+                yield n, None, error
                 continue
             if not isinstance(row, dict):
                 yield n, None, "each line must be a JSON object"

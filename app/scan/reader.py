@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
+from app.jsonl import parse_json_line
 from app.scan.sources import FolderSource, ImageUnavailable, TarSource, ZipSource, is_image_name, safe_name
 
 LISTING_FIELDS = ("title", "description", "url", "price", "currency", "seller", "platform", "listed_at")
@@ -171,14 +172,8 @@ def _jsonl_items(f: TextIO) -> Iterator[Listing | RowError]:
         if UNDECODED in line:
             yield RowError(seq, where, NOT_UTF8)
         else:
-            try:
-                row = json.loads(line)
-            except RecursionError:
-                yield RowError(seq, where, "not valid JSON (nested too deeply)")
-            except ValueError as exc:  # a JSONDecodeError, or an integer too long to convert
-                yield RowError(seq, where, f"not valid JSON ({getattr(exc, 'msg', None) or exc})")
-            else:
-                yield _listing(seq, row, where)
+            row, error = parse_json_line(line)
+            yield RowError(seq, where, error) if error else _listing(seq, row, where)
         seq += 1
 
 
