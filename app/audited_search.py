@@ -11,7 +11,7 @@ from app.imaging import sha256_hex
 from app.schemas import SearchResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog
-from app.security.roles import MONITOR_VISIBLE_VERDICTS, Role
+from app.security.roles import VISIBLE_VERDICTS, Role
 from app.service import MatchingService
 
 
@@ -24,10 +24,12 @@ def audited_search(service: MatchingService, audit: AuditLog, principal: Princip
         audit.record_search(query_sha256=sha256_hex(data) if data else None, outcome=exc.code,
                             fingerprint=service.fingerprint, principal=principal)
         raise
+    visible = VISIBLE_VERDICTS.get(Role(principal.role))
+    if visible is not None:
+        # Only candidates the role may open: near misses would list the registry to a prober.
+        response.results = [r for r in response.results if r.verdict in visible]
     if principal.role == Role.monitor:
-        # Matches only, with thumbnail links: probing learns nothing from near misses.
-        response.results = [r for r in response.results if r.verdict in MONITOR_VISIBLE_VERDICTS]
-        for r in response.results:
+        for r in response.results:  # a monitor sees thumbnails only
             r.photo_url = f"/v1/photos/{r.photo_id}?size=thumb"
     response.audit_id = audit.record_search(response, principal=principal)
     return response

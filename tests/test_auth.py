@@ -180,6 +180,20 @@ def test_officer_reads_only_what_its_searches_matched(app, service, keys, regist
         assert monitor.get(f"/v1/photos/{photo_id}?size=thumb").status_code == 403
 
 
+def test_an_officers_search_never_lists_records_it_may_not_open(app, service, keys):
+    for i in range(12):
+        service.register_artefact({"inventory_number": f"SECRET-{i}", "title": f"Hidden {i}"},
+                                  [PhotoInput(jpeg_bytes(random_photo(300 + i)))])
+    unrelated = jpeg_bytes(random_photo(999))
+    with TestClient(app, headers=bearer(keys["officer"])) as officer:
+        results = officer.post("/v1/search?top_k=100", files={"image": ("q.jpg", unrelated, "image/jpeg")}).json()["results"]
+        assert all(r["verdict"] in ("match", "possible") for r in results)
+        assert not any(r["inventory_number"].startswith("SECRET-") and r["verdict"] == "no_match" for r in results)
+    with TestClient(app, headers=bearer(keys["registrar"])) as registrar:  # a role that may list the registry
+        results = registrar.post("/v1/search?top_k=100", files={"image": ("q.jpg", unrelated, "image/jpeg")}).json()["results"]
+        assert len(results) >= 12 and any(r["verdict"] == "no_match" for r in results)
+
+
 def test_monitor_sees_only_matches_and_thumbnails(app, service, keys, registry):
     for seed in range(30, 34):
         service.register_artefact({"inventory_number": f"O-{seed}"}, [PhotoInput(jpeg_bytes(random_photo(seed)))])

@@ -47,6 +47,13 @@ GRANTING_VERDICTS: dict[Role, tuple[str, ...]] = {
 }
 # What a monitor's search shows: matches only, so probing learns nothing from near misses.
 MONITOR_VISIBLE_VERDICTS = ("match",)
+# The candidates a search shows to a role that may not list the registry: the verdicts that open a
+# record to it (a no_match candidate's inventory number and title would list the registry, up to
+# top_k at a time, whatever photo is sent). Roles not here (registrar, admin) see every candidate.
+VISIBLE_VERDICTS: dict[Role, tuple[str, ...]] = {
+    Role.officer: GRANTING_VERDICTS[Role.officer],
+    Role.monitor: MONITOR_VISIBLE_VERDICTS,
+}
 
 
 def can(role: Role | str, permission: Permission) -> bool:
