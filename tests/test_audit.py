@@ -75,8 +75,14 @@ def test_the_trail_refuses_update_and_delete(service, trail):
     photo = jpeg_bytes(random_photo(7))
     service.register_artefact({"inventory_number": "T-1"}, [PhotoInput(photo)])
     trail.record_search(service.search(photo))
+    first = _events(trail)[0]["id"]
     for statement in ("UPDATE audit_events SET key_name = 'someone else'", "DELETE FROM audit_events",
-                      "DELETE FROM audit_results"):
+                      "DELETE FROM audit_results",
+                      # REPLACE deletes the old row without firing DELETE triggers: refused as well.
+                      f"INSERT OR REPLACE INTO audit_events (id, at, key_name, action, outcome) "
+                      f"VALUES ({first}, '2020-01-01', 'nobody', 'noop', 'ok')",
+                      f"REPLACE INTO audit_results (audit_id, rank, artefact_id, score, verdict) "
+                      f"SELECT audit_id, rank, 999, 0.0, 'no_match' FROM audit_results"):
         with pytest.raises(sqlalchemy.exc.IntegrityError, match="append-only"):
             with service.store.engine.begin() as conn:
                 conn.execute(sqlalchemy.text(statement))

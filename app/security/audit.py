@@ -25,6 +25,13 @@ APPEND_ONLY_TRIGGERS = [
     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
     f"BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
     for table in ("audit_events", "audit_results") for verb in ("UPDATE", "DELETE")
+] + [
+    # INSERT OR REPLACE deletes the old row without firing DELETE triggers (SQLite fires them only with
+    # recursive triggers on): an insert onto an existing key is refused instead.
+    f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN EXISTS "
+    f"(SELECT 1 FROM {table} WHERE {key}) BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+    for table, key in (("audit_events", "id = NEW.id"),
+                       ("audit_results", "audit_id = NEW.audit_id AND rank = NEW.rank"))
 ]
 
 
