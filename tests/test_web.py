@@ -141,9 +141,21 @@ def test_forms_without_the_session_csrf_token_are_refused(app, keys, service, br
     with service.store.sessions() as s:
         from app.security.models import AuditEvent
         assert not s.query(AuditEvent).filter(AuditEvent.action == "search").count()
-    # The token of the page works, and signing out ends the session.
+    # The token of the page works, and signing out ends the session: also for a copy of its cookie
+    # taken before (a shared PC), which may neither read nor write.
+    from app.web.session import COOKIE
+
+    copied = registrar.cookies.get(COOKIE)
+    token = csrf_of(registrar, "/registry/new")
     assert registrar.post("/signout", data={"csrf_token": csrf_of(registrar)}, follow_redirects=False).status_code == 303
     assert registrar.get("/search", follow_redirects=False).status_code == 303
+    other.cookies.clear()
+    other.cookies.set(COOKIE, copied)
+    assert other.get("/registry", follow_redirects=False).status_code == 303
+    r = other.post("/registry/new", data={"csrf_token": token, "inventory_number": "X-2", "status": "missing"},
+                   follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/signin")
+    assert service.store.count_artefacts() == before
 
 
 # Each web page and the roles whose keys may open it; the others get 403 (signed in) or a sign-in redirect.

@@ -66,8 +66,8 @@ def current_user(request: Request) -> WebUser | None:
     session = web_session(request)
     if not request.app.state.web_auth:
         return WebUser(session, NO_AUTH_PRINCIPAL)
-    if session.key_id is None:
-        return None
+    if session.key_id is None or request.app.state.web_searches.session_ended(session.sid):
+        return None  # not signed in, or a copy of a cookie whose session was signed out
     principal = request.app.state.keys.principal_by_id(session.key_id)
     return WebUser(session, principal) if principal is not None else None
 

@@ -39,6 +39,15 @@ _searches = Table(
 )
 
 
+# Sessions signed out before their cookie expires: the cookie is signed, not stored, so a copy taken
+# before sign-out would otherwise stay valid (a shared customs PC). Kept until the cookie would expire.
+_ended = Table(
+    "ended_sessions", _metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("until", DateTime, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class KeptSearch:
     id: str
@@ -92,6 +101,19 @@ class SearchKeeper:
                           role=row["role"], at=row["at"].replace(tzinfo=dt.timezone.utc),
                           response=SearchResponse.model_validate_json(row["response"]),
                           display_jpeg=bytes(row["display_jpeg"]), filename=row["filename"])
+
+    def end_session(self, sid: str, max_age_s: int) -> None:
+        """Sign a session out for good, and drop the searches it kept (their query photos)."""
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        with self.engine.begin() as conn:
+            conn.execute(delete(_ended).where(_ended.c.until < now))
+            conn.execute(delete(_ended).where(_ended.c.sid == sid))
+            conn.execute(insert(_ended).values(sid=sid, until=now + dt.timedelta(seconds=max_age_s)))
+            conn.execute(delete(_searches).where(_searches.c.sid == sid))
+
+    def session_ended(self, sid: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(_ended.c.sid).where(_ended.c.sid == sid)).first() is not None
 
     def close(self) -> None:
         self.engine.dispose()

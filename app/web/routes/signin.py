@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.middleware import client_address
 from app.web.i18n import N_
-from app.web.pages import CSRF_REFUSED, WebError, current_user, redirect, render, web_session
+from app.web.pages import CSRF_REFUSED, WebError, codec, current_user, redirect, render, web_session
 from app.web.session import WebSession
 
 router = APIRouter(include_in_schema=False)
@@ -60,5 +60,7 @@ async def signin(request: Request, key: str = Form(""), csrf_token: str = Form("
 def signout(request: Request, csrf_token: str = Form(""), session: WebSession = Depends(web_session)):
     if not session.csrf_ok(csrf_token):
         raise WebError(403, CSRF_REFUSED)
+    if session.key_id is not None:  # the old cookie stops working everywhere, not just in this browser
+        request.app.state.web_searches.end_session(session.sid, codec(request).max_age)
     request.state.write_session = WebSession.anonymous()
     return redirect(request, "/signin")
