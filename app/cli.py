@@ -93,7 +93,9 @@ def serve(
     from app.embedding import create_encoder
 
     create_encoder(settings).weights_path()
+    proxies = settings.forwarded_allow_ips.strip()
     uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
                 workers=settings.workers)
 
 

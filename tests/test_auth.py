@@ -319,6 +319,19 @@ def test_rate_limiter_forgets_refilled_keys_when_it_holds_too_many(monkeypatch):
     assert set(limiter._buckets) == {"a", "d"} and limiter.check("a") == 0.0 and limiter.check("a") > 0
 
 
+def test_a_refunded_attempt_leaves_the_bucket_as_it_was():
+    from app.security.ratelimit import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(per_minute=1, burst=2, clock=lambda: now[0])
+    assert limiter.check("a") == 0 and limiter.check("a") == 0 and limiter.check("a") > 0
+    limiter.refund("a")
+    assert limiter.check("a") == 0 and limiter.check("a") > 0
+    for _ in range(5):
+        limiter.refund("b")  # never more than the burst
+    assert limiter.check("b") == 0 and limiter.check("b") == 0 and limiter.check("b") > 0
+
+
 def test_auth_off_acts_as_admin_without_a_key(settings, service):
     with TestClient(create_app(settings.model_copy(update={"auth": False}), service=service)) as client:
         assert client.get("/v1/artefacts").status_code == 200

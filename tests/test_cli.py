@@ -224,3 +224,23 @@ def test_an_empty_registry_is_said_by_search_and_refused_by_scan(cli, tmp_path):
     r = CliRunner().invoke(app, ["scan", str(tmp_path / "dump"), "--out", str(tmp_path / "out")])
     assert r.exit_code != 0 and "holds no indexed photo" in " ".join(r.output.split())
     assert not (tmp_path / "out" / "matches.jsonl").exists()
+
+
+def test_serve_trusts_no_forwarded_header_unless_a_proxy_is_named(cli, monkeypatch):
+    """X-Forwarded-For from a client would let it pick its own address for the wrong-key limit."""
+    import sys
+
+    import uvicorn
+
+    from app.cli import main
+
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: runs.append(kw))
+    for proxies in ("", "10.0.0.5"):
+        monkeypatch.setenv("HM_FORWARDED_ALLOW_IPS", proxies)
+        get_settings.cache_clear()
+        monkeypatch.setattr(sys, "argv", ["heritage-match", "serve"])
+        with pytest.raises(SystemExit):
+            main()
+    assert (runs[0]["proxy_headers"], runs[0]["forwarded_allow_ips"]) == (False, None)
+    assert (runs[1]["proxy_headers"], runs[1]["forwarded_allow_ips"]) == (True, "10.0.0.5")

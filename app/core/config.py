@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
     host: str = "127.0.0.1"
     port: int = 8000
+    forwarded_allow_ips: str = Field(
+        "", description="Reverse proxies whose X-Forwarded-For header is trusted (comma-separated addresses, or *). "
+        "Empty: the connection's address is the client's, so a client cannot pick its own address to dodge "
+        "the wrong-key limit."
+    )
     max_upload_mb: float = Field(25, description="Largest accepted upload (one photo).")
     max_request_mb: float = Field(
         200, description="Largest request that carries several photos (registry photo uploads, on the API and "

@@ -46,6 +46,15 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
 
+    def refund(self, key) -> None:
+        """Give back the token ``check`` took: for attempts counted before their outcome was known (a sign-in
+        counts first, so that guesses sent at the same moment cannot all pass the check)."""
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            self._buckets[key] = (min(float(self.burst), self._tokens(key, now) + 1.0), now)
+
     def pending(self, key) -> float:
         """Seconds before ``key`` may try again, without taking a token (0.0: it may now)."""
         if self.rate <= 0:

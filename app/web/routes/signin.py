@@ -38,15 +38,18 @@ async def signin(request: Request, key: str = Form(""), csrf_token: str = Form("
         raise WebError(403, CSRF_REFUSED)
     failures = request.app.state.auth_failures
     client = client_address(request.scope)
-    wait = failures.pending(client)
+    # The attempt is counted before the key is looked up (and given back if the key is right): counted
+    # after, guesses sent at the same moment all passed the check.
+    wait = failures.check(client)
     if wait > 0:  # too many wrong keys from this address: no more guesses for a while
         response = render(request, "signin.html", status=429, next=_safe_next(next), user=None,
                           error=N_("Too many wrong keys from this address. Wait a minute, then try again."))
         response.headers["Retry-After"] = failures.retry_after_header(wait)
         return response
     principal = await run_in_threadpool(request.app.state.keys.authenticate, key.strip())
-    if principal is None:
-        failures.check(client)
+    if principal is not None:
+        failures.refund(client)
+    else:
         return render(request, "signin.html", status=401, next=_safe_next(next), user=None,
                       error=N_("This API key is unknown or revoked."))
     signed_in = WebSession.signed_in(principal.key_id)
