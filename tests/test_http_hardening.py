@@ -60,3 +60,23 @@ def test_cors_allows_only_the_configured_origins(settings, service, make_key):
         r = c.get("/healthz", headers={"Origin": ORIGIN})
         assert r.headers["access-control-allow-origin"] == ORIGIN
         _assert_hardened(r)
+
+
+def test_an_unexpected_error_is_answered_with_the_security_headers(settings, service, make_key, monkeypatch):
+    from app.service import PhotoInput
+    from tests.conftest import jpeg_bytes, random_photo
+
+    art = service.register_artefact({"inventory_number": "E-1"}, [PhotoInput(jpeg_bytes(random_photo(1)))])
+    photo_id = art.photos[0].id
+
+    def lost(*_):
+        raise RuntimeError("the photo store is gone")
+
+    monkeypatch.setattr(service.store.photos, "read", lost)
+    app = create_app(settings, service=service)
+    with TestClient(app, headers=bearer(make_key("admin")), raise_server_exceptions=False) as c:
+        r = c.get(f"/v1/photos/{photo_id}")
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    _assert_hardened(r)
+    assert r.headers["Cache-Control"] == "no-store"
+    assert "photo store is gone" not in r.text  # the details go to the log, not to the client

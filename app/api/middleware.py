@@ -7,6 +7,7 @@ its rate, is refused before a byte of its body is read.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -18,6 +19,8 @@ from app.api.deps import BAD_KEY_MESSAGE, NO_KEY_MESSAGE
 from app.security.actor import Principal, reset_principal, set_principal
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Role
+
+log = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/v1"
 ANONYMOUS = Principal(key_id=None, name="anonymous", role=Role.admin)
@@ -43,8 +46,12 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 html = headers.get("content-type", "").startswith("text/html")
                 headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -57,7 +64,17 @@ class SecurityHeaders:
                     headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:
+                raise
+            # Starlette's own 500 answer comes from outside this middleware, without these headers (and
+            # without no-store on case material): answer here, and log what happened.
+            log.exception("unhandled error on %s %s", scope.get("method"), scope["path"])
+            response = JSONResponse(error_body("internal_error", "An unexpected error happened; it has been logged."),
+                                    status_code=500)
+            await response(scope, receive, send_with_headers)
 
 
 def client_address(scope: Scope) -> str:
