@@ -242,6 +242,11 @@ def test_case_report_carries_what_a_seizure_file_needs(demo, coins, browser_as, 
     assert service.model_info().fingerprint in text and "efficientnet-lite0" in text
     assert re.search(r'id="report-index-version">\d+<', text)
     assert "UTC" in text and coins[2].inventory_number in text and 'data-verdict="match"' in text
+    # What each candidate rests on, and where in the photo it was found, are on paper too.
+    assert "Where in the query photo" in text
+    assert re.search(r"keypoint matches agree on one shape|The same photo as the registry|Looks alike", text)
+    assert re.search(r"keypoint matches agree on one shape|The same photo as the registry|Looks alike",
+                     client.get(results).text)
     assert "@media print" in client.get("/static/app.css").text
     query = client.get(results + "/query.jpg")
     assert query.status_code == 200 and query.headers["content-type"] == "image/jpeg"
@@ -374,6 +379,7 @@ def test_registry_form_errors_are_in_the_pages_language(browser_as, service):
     assert r.status_code == 422 and "bad.jpg: " in r.text and "The file is not" not in r.text
     assert 'value="N-2"' in r.text  # what the registrar typed is still on the form
     assert 'value="côté gauche"' in r.text
+    assert "اخترها مرة أخرى" in r.text  # the browser emptied the file input: the registrar is told
     assert service.store.find_artefact("", "N-2") is None
 
 

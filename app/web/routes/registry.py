@@ -93,6 +93,14 @@ def _validation_messages(request: Request, exc: Exception) -> list[str]:
     return [getattr(exc, "message", str(exc))]
 
 
+def _photos_not_kept(request: Request, images: list[UploadFile] | None) -> list[str]:
+    """A browser empties a form's file inputs when the page comes back: say that the photos must be chosen
+    again, or the record is saved next time without them."""
+    if not any(f is not None and f.filename for f in images or []):
+        return []
+    return [translator(request).gettext(N_("The photos you chose were not saved: choose them again."))]
+
+
 async def _photo_inputs(images: list[UploadFile] | None, view: str | None, limit: int) -> list[PhotoInput]:
     files = [f for f in images or [] if f is not None and f.filename]
     if len(files) > MAX_PHOTOS_PER_REQUEST:
@@ -119,8 +127,8 @@ async def create_artefact(request: Request, image: list[UploadFile] | None = Fil
 
         artefact = await run_in_threadpool(register)
     except (AppError, ValidationError) as exc:
-        return _edit_page(request, user, None, raw, status=422, errors=_validation_messages(request, exc),
-                          view=view.strip()[:100])
+        return _edit_page(request, user, None, raw, status=422, view=view.strip()[:100],
+                          errors=_validation_messages(request, exc) + _photos_not_kept(request, image))
     return redirect(request, f"/registry/{artefact.id}?saved=1")
 
 
@@ -175,6 +183,6 @@ async def add_photos(request: Request, artefact_id: int = id_path("artefact"),
 
         await run_in_threadpool(add)
     except AppError as exc:
-        return _edit_page(request, user, artefact, form_values(artefact), status=422,
-                          errors=_validation_messages(request, exc))
+        return _edit_page(request, user, artefact, form_values(artefact), status=422, added_view=view.strip()[:100],
+                          errors=_validation_messages(request, exc) + _photos_not_kept(request, image))
     return redirect(request, f"/registry/{artefact_id}?saved=1")

@@ -27,6 +27,11 @@
       preview.hidden = false;
       error.hidden = true;
     }
+    // A HEIC photo (or any file this browser cannot show) still goes to the server, which reads it.
+    preview.addEventListener("error", function () {
+      preview.hidden = true;
+      filename.textContent = (chosen && chosen.name ? chosen.name + " · " : "") + form.dataset.noPreview;
+    });
     [camera, file].forEach(function (input) {
       input.addEventListener("change", function () { choose(input.files[0]); });
     });
@@ -49,6 +54,8 @@
       button.disabled = false;
       error.textContent = message;
       error.hidden = false;
+      error.setAttribute("tabindex", "-1"); // focus goes to the message, not lost with the disabled button
+      error.focus();
     }
 
     form.addEventListener("submit", function (e) {
