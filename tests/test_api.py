@@ -163,6 +163,13 @@ def test_upload_over_limit_is_refused(settings, encoder):
         # Far over: refused from Content-Length before the body is parsed.
         r = c.post("/v1/search", files={"image": ("big.png", b"0" * 3_000_000, "image/png")})
         assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+        r = c.post("/v1/search?top_k=1000", files={"image": ("q.png", b"\x89PNG", "image/png")})
+        assert r.status_code == 422
+    # Every refused search is in the audit trail under its key, however early it was refused.
+    from app.security.audit import AuditLog
+
+    searches = [(e.key_name, e.outcome) for e in AuditLog(small.store.sessions).events() if e.action == "search"]
+    assert searches == [("admin", "image_too_large"), ("admin", "image_too_large"), ("admin", "validation_error")]
     small.close()
 
 

@@ -15,7 +15,7 @@ from app import __version__
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import PROTECTED_RESPONSES
-from app.api.middleware import Authenticate, BodySizeLimit, SecurityHeaders
+from app.api.middleware import SEARCH_PATH, Authenticate, BodySizeLimit, SecurityHeaders, record_refused_search
 from app.api.routes import artefacts, health, index, keys, photos, search
 from app.core.config import Settings, get_settings
 from app.core.threads import apply_thread_limits, intra_op_threads
@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         page = web_page(request, 422)
         if page is not None:
             return page
+        if request.url.path == SEARCH_PATH:
+            await record_refused_search(request.scope, "validation_error")
         parts = []
         for err in exc.errors()[:5]:
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")

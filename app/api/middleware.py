@@ -189,6 +189,8 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send, limit_mb)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit_mb: float) -> None:
+        if scope["path"] == SEARCH_PATH:
+            await record_refused_search(scope, "image_too_large")  # refused searches are evidence of probing too
         web_error = getattr(scope["app"].state, "web_http_error", None) if "app" in scope else None
         response = web_error(Request(scope), 413, limit_mb=limit_mb) if web_error else None
         if response is None:
@@ -200,6 +202,24 @@ class BodySizeLimit:
 
 # Requests that may carry several photos get the larger limit (each photo is still checked on its own).
 MULTI_PHOTO_PATHS = re.compile(r"^(/v1/artefacts/\d+/photos|/registry/new|/registry/\d+/photos)/?$")
+
+
+SEARCH_PATH = "/v1/search"
+
+
+async def record_refused_search(scope: Scope, outcome: str) -> None:
+    """An API search refused before its route ran (too large, invalid parameters): audited as the route
+    audits the searches it refuses, under the key that sent it."""
+    from starlette.concurrency import run_in_threadpool
+
+    from app.security.actor import current_principal
+
+    state = scope["app"].state if "app" in scope else None
+    audit, service = getattr(state, "audit", None), getattr(state, "service", None)
+    if audit is None or service is None:
+        return
+    await run_in_threadpool(audit.record_search, outcome=outcome, fingerprint=service.fingerprint,
+                            principal=current_principal())
 
 
 class BodyTooLarge(Exception):
