@@ -17,7 +17,7 @@ import numpy as np
 from app.core.config import Settings
 from app.embedding import ImageEncoder, create_encoder
 from app.errors import AppError
-from app.jsonl import parse_json_line
+from app.jsonl import object_lines
 from app.service import MatchingService, PhotoInput
 
 KS = (1, 5, 10)
@@ -37,14 +37,9 @@ def read_jsonl(path: Path) -> list[dict]:
     rows = []
     try:
         with open(path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                row, error = parse_json_line(line)
+            for n, row, error in object_lines(f):
                 if error:
                     raise PackError(f"{path.name} line {n}: {error}")
-                if not isinstance(row, dict):
-                    raise PackError(f"{path.name} line {n}: each line must be a JSON object")
                 rows.append((n, row))
     except UnicodeDecodeError as exc:
         raise PackError(f"{path.name} is not UTF-8 text ({exc.reason})") from None

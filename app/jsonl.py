@@ -1,8 +1,9 @@
-"""One JSON Lines line, parsed without letting a hostile line through as an exception."""
+"""JSON Lines, parsed without letting a hostile line through as an exception."""
 
 from __future__ import annotations
 
 import json
+from typing import Iterator
 
 
 def parse_json_line(line: str) -> tuple[object, str | None]:
@@ -17,3 +18,14 @@ def parse_json_line(line: str) -> tuple[object, str | None]:
         return None, "not valid JSON (nested too deeply)"
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         return None, f"not valid JSON ({getattr(exc, 'msg', None) or exc})"
+
+
+def object_lines(lines) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, object, None) or (line number, None, why not) for each non-blank line."""
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        value, error = parse_json_line(line)
+        if error is None and not isinstance(value, dict):
+            value, error = None, "each line must be a JSON object"
+        yield n, value, error

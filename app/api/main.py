@@ -8,14 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import PROTECTED_RESPONSES
-from app.api.middleware import SEARCH_PATH, Authenticate, BodySizeLimit, SecurityHeaders, record_refused_search
+from app.api.middleware import (
+    SEARCH_PATH, Authenticate, BodySizeLimit, SecurityHeaders, record_refused_search, web_error_page,
+)
 from app.api.routes import artefacts, health, index, keys, photos, search
 from app.core.config import Settings, get_settings
 from app.core.threads import apply_thread_limits, intra_op_threads
@@ -76,14 +78,9 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     async def _app_error(_: Request, exc: AppError):
         return error_response(exc.status_code, exc.code, exc.message)
 
-    def web_page(request: Request, status: int) -> Response | None:
-        """The web interface's translated error page for its own paths (None for the API's)."""
-        web_error = getattr(app.state, "web_http_error", None)
-        return web_error(request, status) if web_error is not None else None
-
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        page = web_page(request, 422)
+        page = web_error_page(request, 422)
         if page is not None:
             return page
         if request.url.path == SEARCH_PATH:
@@ -96,7 +93,7 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        page = web_page(request, exc.status_code)
+        page = web_error_page(request, exc.status_code)
         if page is not None:
             return page
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
@@ -107,7 +104,7 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     # authentication refuses before the size limit lets any body in.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20),  # room for multipart headers
                        limit_mb=settings.max_upload_mb, multi_limit=settings.max_request_bytes + (1 << 20),
-                       multi_limit_mb=max(settings.max_request_mb, settings.max_upload_mb))
+                       multi_limit_mb=settings.max_request_bytes / (1 << 20))
     # One limiter for the API and the web pages: a key's searches count alike wherever they come from.
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     # Guessing keys, through the API or the sign-in page, is slowed per client address.

@@ -11,18 +11,22 @@ import logging
 import re
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import BAD_KEY_MESSAGE, NO_KEY_MESSAGE
-from app.security.actor import Principal, reset_principal, set_principal
+from app.security.actor import Principal, current_principal, reset_principal, set_principal
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Role
 
 log = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/v1"
+SEARCH_PATH = "/v1/search"
+# Requests that may carry several photos get the larger limit (each photo is still checked on its own).
+MULTI_PHOTO_PATHS = re.compile(r"^(/v1/artefacts/\d+/photos|/registry/new|/registry/\d+/photos)/?$")
 ANONYMOUS = Principal(key_id=None, name="anonymous", role=Role.admin)
 
 # The docs pages need their inline start-up script; everything else may load nothing at all.
@@ -78,8 +82,8 @@ class SecurityHeaders:
 
 
 def client_address(scope: Scope) -> str:
-    """The peer's address. Behind a proxy uvicorn puts the client's from ``X-Forwarded-For`` here when
-    the proxy is trusted (``FORWARDED_ALLOW_IPS``, 127.0.0.1 by default); else it is the proxy's."""
+    """The peer's address. Behind a proxy named in ``HM_FORWARDED_ALLOW_IPS`` uvicorn puts the client's
+    from ``X-Forwarded-For`` here; else it is the connection's own (``heritage-match serve``)."""
     client = scope.get("client")
     return client[0] if client else "unknown"
 
@@ -191,8 +195,7 @@ class BodySizeLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit_mb: float) -> None:
         if scope["path"] == SEARCH_PATH:
             await record_refused_search(scope, "image_too_large")  # refused searches are evidence of probing too
-        web_error = getattr(scope["app"].state, "web_http_error", None) if "app" in scope else None
-        response = web_error(Request(scope), 413, limit_mb=limit_mb) if web_error else None
+        response = web_error_page(Request(scope), 413, limit_mb=limit_mb)
         if response is None:
             response = JSONResponse(error_body("image_too_large", f"The request is larger than the limit of "
                                                                   f"{limit_mb:g} MB."), status_code=413)
@@ -200,26 +203,22 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-# Requests that may carry several photos get the larger limit (each photo is still checked on its own).
-MULTI_PHOTO_PATHS = re.compile(r"^(/v1/artefacts/\d+/photos|/registry/new|/registry/\d+/photos)/?$")
-
-
-SEARCH_PATH = "/v1/search"
-
-
 async def record_refused_search(scope: Scope, outcome: str) -> None:
     """An API search refused before its route ran (too large, invalid parameters): audited as the route
     audits the searches it refuses, under the key that sent it."""
-    from starlette.concurrency import run_in_threadpool
-
-    from app.security.actor import current_principal
-
     state = scope["app"].state if "app" in scope else None
     audit, service = getattr(state, "audit", None), getattr(state, "service", None)
     if audit is None or service is None:
         return
     await run_in_threadpool(audit.record_search, outcome=outcome, fingerprint=service.fingerprint,
                             principal=current_principal())
+
+
+def web_error_page(request: Request, status: int, **values) -> Response | None:
+    """The web interface's translated page for an HTTP error on one of its paths (``mount_web`` puts
+    the renderer in the app's state); None on the API's paths, which answer JSON."""
+    render = getattr(request.app.state, "web_http_error", None) if "app" in request.scope else None
+    return render(request, status, **values) if render is not None else None
 
 
 class BodyTooLarge(Exception):

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 from pydantic import ValidationError
 
 from app.errors import AppError
-from app.jsonl import parse_json_line
+from app.jsonl import object_lines
 from app.registry.photos import EXTENSIONS
 from app.schemas import RECORD_FIELDS, ArtefactCreate
 from app.service import MatchingService, PhotoInput
@@ -100,17 +100,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                 yield reader.line_num, clean, None
         return
     with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row, error = parse_json_line(line)
-            if error:
-                yield n, None, error
-                continue
-            if not isinstance(row, dict):
-                yield n, None, "each line must be a JSON object"
-                continue
-            yield n, row, None
+        yield from object_lines(f)
 
 
 def _photo_list(row: dict) -> list[dict]:

@@ -37,11 +37,10 @@ async def get_photo(
     """
     photo = await run_in_threadpool(readable_photo, principal, photo_id, size, service.store, audit)
     data = service.store.photos.read(photo.sha256, photo.format)
-    # Registry photos are case material like every /v1 answer: no copy in the browser's cache, which a
-    # shared customs PC would keep after sign-out (the middleware's no-store applies).
-    headers = {}
+    # Registry photos are case material like every /v1 answer: no own cache header, so the middleware's
+    # no-store applies (a shared customs PC would keep a cached photo after sign-out).
     if size == "thumb":
         thumb = await run_in_threadpool(lambda: thumbnail_jpeg(decode_image(data, min_side=THUMB_SIZE).image, THUMB_SIZE))
-        return Response(thumb, media_type="image/jpeg", headers=headers)
-    return Response(data, media_type=service.store.photos.media_type(photo.format), headers=headers)
+        return Response(thumb, media_type="image/jpeg")
+    return Response(data, media_type=service.store.photos.media_type(photo.format))
 

@@ -86,8 +86,7 @@ def _validation_messages(request: Request, exc: Exception) -> list[str]:
         return out
     code = getattr(exc, "code", None)
     if code in RECORD_ERRORS:
-        message = t.gettext(RECORD_ERRORS[code], count=MAX_PHOTOS_PER_REQUEST) if code == "too_many_files" \
-            else t.gettext(RECORD_ERRORS[code])
+        message = t.gettext(RECORD_ERRORS[code], count=MAX_PHOTOS_PER_REQUEST)  # only too_many_files uses it
         label = getattr(exc, "label", "")
         return [f"{label}: {message}" if label else message]
     return [getattr(exc, "message", str(exc))]
