@@ -17,16 +17,16 @@ import numpy as np
 
 from app.core.config import Settings
 from app.embedding import ImageEncoder, create_encoder
-from app.errors import AppError, IndexModelMismatch
-from app.imaging import DecodedImage, decode_image, working_side
-from app.index import SharedIndex, VectorIndex
-from app.calibration import Calibration, Evidence, load_calibration
-from app.local_features import LocalFeatures, extract_features
-from app.matching import (
+from app.core.errors import AppError, IndexModelMismatch
+from app.pipeline.decode import DecodedImage, decode_image, working_side
+from app.pipeline.retrieve import SharedIndex, VectorIndex
+from app.pipeline.calibrate import Calibration, Evidence, load_calibration
+from app.pipeline.features import LocalFeatures, extract_features
+from app.pipeline.match import (
     Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, photos_to_check,
 )
-from app.regions import Box, crop, full_frame, propose_regions
-from app.signatures import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
+from app.pipeline.regions import Box, crop, full_frame, propose_regions
+from app.pipeline.signature import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
 from app.schemas import (

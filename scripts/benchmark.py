@@ -88,7 +88,7 @@ def timed(fn, repeats: int, cpu: list[float] | None = None) -> list[float]:
 
 def benchmark_model(work_dir: Path) -> tuple[str, bool]:
     """(HM_MODEL spec, real weights?): the default CLIP when its weights are here, else a random ViT-B-32."""
-    from app.embedding.clip import ClipSpec, find_clip_weights
+    from app.embedding.models.clip import ClipSpec, find_clip_weights
 
     settings = Settings()
     spec = ClipSpec.parse(settings.clip_default)
@@ -102,8 +102,8 @@ def benchmark_model(work_dir: Path) -> tuple[str, bool]:
 
 
 def ensure_exports(torch_encoder, model: str, models_dir: Path) -> dict:
-    from app.embedding.onnx_runtime import export_onnx, export_paths
-    from app.embedding.openvino_runtime import export_openvino
+    from app.embedding.runtimes.onnx import export_onnx, export_paths
+    from app.embedding.runtimes.openvino import export_openvino
 
     metas = {}
     for runtime in ("onnx", "onnx-int8", "openvino"):
@@ -158,8 +158,8 @@ def phone_jpeg(seed: int = 0, size=(4032, 3024)) -> bytes:
 
 def decoded_photos(count: int) -> list[Image.Image]:
     """Decoded photos at the size the service decodes a large JPEG to (``imaging.working_side``)."""
-    from app.embedding.onnx_runtime import parity_images
-    from app.imaging import working_side
+    from app.embedding.runtimes.onnx import parity_images
+    from app.pipeline.decode import working_side
 
     base = parity_images()
     photos = []
@@ -209,7 +209,7 @@ def project_queries(settings: Settings, jpeg: bytes, repeats: int, regions_optio
     service's decode and embedding of the photo alone, the two steps the naive pipeline is made of (no
     index search, hash, colour, keypoints or verification).
     """
-    from app.demo import seed_demo
+    from app.jobs.demo import seed_demo
     from app.service import MatchingService
 
     out: dict = {"cpu": []}
@@ -251,7 +251,7 @@ def concurrent_embeds(encoder, photos: list[Image.Image], callers: int, rounds: 
 
 def micro_batching(encoder, photos: list[Image.Image], callers: int, rounds: int, repeats: int) -> dict:
     """Concurrent single-photo embeds without and with the API's micro-batcher; one caller alone with both."""
-    from app.embedding.batching import BatchingEncoder
+    from app.embedding.runtimes.batching import BatchingEncoder
 
     settings = Settings()
     batched = BatchingEncoder(encoder, wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch)
@@ -303,7 +303,7 @@ def search_at(n: int, dim: int, queries: int, seed: int = 0) -> dict:
 
     stage(f"search among {n:,} vectors")
 
-    from app.index import VectorIndex
+    from app.pipeline.retrieve import VectorIndex
 
     rng = np.random.default_rng(seed)
     vecs = clustered_vectors(n, dim, rng)
@@ -341,7 +341,7 @@ def run(args) -> dict:
     import torch
 
     from app.embedding import create_encoder, create_torch_encoder
-    from app.embedding.openvino_runtime import OpenVinoImageEncoder
+    from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 
     work_dir = args.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ labelled example (is it the right object?) with its evidence (cosine, margin, co
 inliers). A logistic regression turns the evidence into P(same object); the `match` threshold is set
 so that wrong first answers (registered queries answered with another object, and unregistered
 objects) are rarely called `match`, and `possible` so that nearly every right first answer is at least
-`possible`. The result is written with the data it came from to ``app/calibrations/<model>.json``.
+`possible`. The result is written with the data it came from to ``app/pipeline/calibrations/<model>.json``.
 
     HM_MODEL=efficientnet-lite0 .venv/bin/python scripts/calibrate.py \\
         ../shared/benchmarks/museum-paintings ../shared/benchmarks/coil100-views out/coins-listing
@@ -29,10 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.calibration import FEATURES, Calibration, Evidence, calibration_path, uncalibrated  # noqa: E402
+from app.pipeline.calibrate import FEATURES, Calibration, Evidence, calibration_path, uncalibrated  # noqa: E402
 from app.core.config import get_settings  # noqa: E402
 from app.embedding import create_encoder  # noqa: E402
-from app.evaluate import evaluate_pack  # noqa: E402
+from app.jobs.evaluate import evaluate_pack  # noqa: E402
 from app.service import VERIFIED_CANDIDATES  # noqa: E402
 
 # Share of wrong first answers allowed to reach `match` on the fitting data: none. A 0.5% allowance
@@ -186,7 +186,7 @@ def calibrate(rows: list[dict], model: str) -> Calibration:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("packs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, help="calibration file (default: app/calibrations/<model>.json)")
+    ap.add_argument("--out", type=Path, help="calibration file (default: app/pipeline/calibrations/<model>.json)")
     ap.add_argument("--cache", type=Path, default=Path("out/calibration-cache"))
     ap.add_argument("--cross-check", action="store_true", help="also fit without each pack and test on it")
     args = ap.parse_args()

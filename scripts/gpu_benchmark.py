@@ -9,7 +9,7 @@ What it measures:
 1. the machine: GPU name, memory, torch / CUDA / cuDNN versions, the packages the run imported;
 2. batch embedding at batch sizes 1, 32, 128, 256 on already decoded, already preprocessed images:
    GPU-resident (the tensor already on the GPU, the model alone) in fp16 autocast (the service's path,
-   ``app.embedding.torch_inference``), fp32 and fp32 with TF32 matrix products; and through the
+   ``app.embedding.runtimes.torch_inference``), fp32 and fp32 with TF32 matrix products; and through the
    encoder's ``embed_pixels`` (NumPy in, host-to-device copy, NumPy out, normalised) in fp16 and fp32,
    plus 256 images at the service's default ``HM_BATCH_SIZE`` (16 images per forward pass);
 3. cosine of the fp16 path's vectors to fp32 on the GPU and to fp32 on the CPU (what an index built
@@ -178,7 +178,7 @@ def fp32_forward(visual, batch: np.ndarray, device: str) -> np.ndarray:
     """``run_module`` without autocast or TF32: the fp32 reference on the same device."""
     import torch
 
-    from app.embedding.torch_inference import tf32_matmuls
+    from app.embedding.runtimes.torch_inference import tf32_matmuls
 
     with torch.inference_mode(), tf32_matmuls(False):
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device, non_blocking=True)
@@ -189,7 +189,7 @@ def batch_throughput(encoder, device: str, sizes: tuple[int, ...], min_s: float)
     import torch
 
     from app.embedding.base import l2_normalise
-    from app.embedding.torch_inference import inference_context, uses_fp16
+    from app.embedding.runtimes.torch_inference import inference_context, uses_fp16
 
     visual = encoder._visual
     pixels = pixel_batch(encoder, max(sizes))
@@ -270,14 +270,14 @@ def batch_throughput(encoder, device: str, sizes: tuple[int, ...], min_s: float)
 def parity(encoder, cpu_encoder, device: str) -> dict:
     """Cosine of the service's vectors on this device (fp16 on CUDA) to fp32 here and to fp32 on the CPU."""
     from app.embedding.base import l2_normalise
-    from app.embedding.onnx_runtime import parity_images
+    from app.embedding.runtimes.onnx import parity_images
 
     images = parity_images()
     photos = images + cpu_benchmark().decoded_photos(10)  # also at the scale the service decodes to
     pixels = encoder.preprocessing.batch(photos)
     served = encoder.embed_pixels(pixels)  # as the service runs it: TF32 for a small batch on CUDA
     # and fp16 autocast for a large one (the same photos, tiled to a batch of FP16_MIN_BATCH)
-    from app.embedding.torch_inference import FP16_MIN_BATCH
+    from app.embedding.runtimes.torch_inference import FP16_MIN_BATCH
 
     saved, encoder.batch_size = encoder.batch_size, max(encoder.batch_size, FP16_MIN_BATCH)
     try:
@@ -312,7 +312,7 @@ def single_latency(encoder, device: str, repeats: int) -> dict:
     """``embed_one`` on a photo decoded as the service decodes it: preprocessing + forward + copy back."""
     import torch
 
-    from app.embedding.torch_inference import inference_context
+    from app.embedding.runtimes.torch_inference import inference_context
 
     photo = cpu_benchmark().decoded_photos(1)[0]
     times = []
@@ -402,7 +402,7 @@ def _init_decoder(jpeg: bytes, pre: dict) -> None:
 
 def _decode_one(_: int) -> np.ndarray:
     """Draft decode as the service decodes, then preprocess: a scan worker's job."""
-    from app.imaging import decode_image, working_side
+    from app.pipeline.decode import decode_image, working_side
 
     return _PRE(decode_image(_JPEG, min_side=working_side(_PRE.size)).image)
 
@@ -504,7 +504,7 @@ def run(args) -> dict:
             procs = procs[:1]
 
         def decode_section():
-            from app.imaging import working_side
+            from app.pipeline.decode import working_side
 
             enc = create_torch_encoder(settings.model_copy(update={"device": "cpu"}))  # preprocessing only, not loaded
             rates = decode_rates(enc, procs, 2 if args.quick else 32)

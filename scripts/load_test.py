@@ -166,7 +166,7 @@ def local_server(model: str = "efficientnet-lite0", extra_env: dict | None = Non
         env = {**os.environ, "HM_DATA_DIR": str(data), "HM_MODEL": model, "HM_RATE_LIMIT_PER_MINUTE": "0",
                "PYTHONPATH": str(ROOT), **(extra_env or {})}
         log = open(Path(tmp) / "server.log", "wb")
-        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.api.main:create_app", "--factory",
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
                                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                                   env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"

@@ -2,7 +2,7 @@
 """Make a seeded "listing transforms" benchmark pack from a registry.
 
 Every registry photo becomes a reference; each object's first photo is put through the listing
-transforms of ``app/listing_transforms.py`` (crop, rotation, perspective, colour, blur, JPEG q30,
+transforms of ``app/jobs/listing_transforms.py`` (crop, rotation, perspective, colour, blur, JPEG q30,
 watermark, screenshot, composite, downscale to 300 px) as queries; ``--lots`` adds photos of two
 objects together, ``--holdout`` leaves objects out of the references for open-set queries.
 
@@ -23,11 +23,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.listing_transforms import write_pack  # noqa: E402
+from app.jobs.listing_transforms import write_pack  # noqa: E402
 
 
 def demo_coin_objects():
-    from app.demo import coin_crops
+    from app.jobs.demo import coin_crops
 
     return [(c.inventory_number, "coin", [c.image]) for c in coin_crops()]
 

@@ -65,7 +65,7 @@ _coin_cache = None
 def _coins():
     global _coin_cache
     if _coin_cache is None:
-        from app.demo import coin_crops
+        from app.jobs.demo import coin_crops
 
         _coin_cache = coin_crops()
     return _coin_cache
@@ -115,7 +115,7 @@ def cpu_costs(service, dump: Path, n: int = 32) -> dict:
     """
     import dataclasses
 
-    from app.signatures import analyse_photo
+    from app.pipeline.signature import analyse_photo
 
     paths = sorted(dump.glob("*.jpg"))[:n]
     datas = [p.read_bytes() for p in paths]
@@ -156,8 +156,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.core.config import Settings
-    from app.demo import seed_demo
-    from app.scan.runner import ScanOptions, run_scan
+    from app.jobs.demo import seed_demo
+    from app.jobs.scan.runner import ScanOptions, run_scan
     from app.service import MatchingService
 
     tmp = Path(tempfile.mkdtemp(prefix="hm-scan-bench-"))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from app.core.config import Settings
-from app.embedding.efficientnet import EfficientNetLiteEncoder
+from app.embedding.models.efficientnet import EfficientNetLiteEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(os.environ.get("HM_BENCHMARKS_DIR", ROOT.parent / "shared" / "benchmarks"))
@@ -70,7 +70,7 @@ ROLES = ("admin", "registrar", "officer", "monitor")
 
 @pytest.fixture
 def app(settings, service):
-    from app.api.main import create_app
+    from app.main import create_app
 
     return create_app(settings, service=service)
 
@@ -83,7 +83,7 @@ def keys(make_key):
 
 @pytest.fixture(scope="session")
 def coins():
-    from app.demo import coin_crops
+    from app.jobs.demo import coin_crops
 
     return coin_crops()
 

@@ -7,8 +7,8 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
-from app.demo import seed_demo
+from app.main import create_app
+from app.jobs.demo import seed_demo
 from tests.conftest import bearer, coin_query, jpeg_bytes, png_bytes, random_photo
 
 
@@ -49,7 +49,7 @@ def test_demo_coins_found_first_under_query_transform(demo_client, coins):
 
 def test_a_lot_of_two_coins_finds_both_and_says_where(demo_client, coins):
     """Two coins photographed together: both are found, each with the box where it lies."""
-    from app.listing_transforms import lot
+    from app.jobs.listing_transforms import lot
 
     left, right = coins[4], coins[17]
     photo = lot([left.image.resize((300, 300)), right.image.resize((300, 300))], random.Random(3))

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
+from app.main import create_app
 from app.security.audit import AuditLog, event_dict
 from app.security.keys import KeyStore
 from app.service import PhotoInput

@@ -6,7 +6,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
+from app.main import create_app
 from app.security.keys import KeyStore, hash_key
 from app.security.models import ApiKey
 from app.service import PhotoInput
@@ -235,7 +235,7 @@ def test_keys_are_stored_as_hashes_shown_once_and_revocable(app, service, keys):
 
 
 def test_a_key_name_is_never_mistaken_for_a_key_id(service):
-    from app.errors import AppError
+    from app.core.errors import AppError
 
     store = KeyStore(service.store.sessions)
     admin = store.create("ops-admin", "admin").key

@@ -14,7 +14,7 @@ from PIL import Image
 from app.core.config import Settings
 from app.embedding import create_serving_encoder
 from app.embedding.base import ImageEncoder
-from app.embedding.batching import BatchingEncoder
+from app.embedding.runtimes.batching import BatchingEncoder
 from app.embedding.preprocess import Preprocessing
 from tests.conftest import random_photo
 
@@ -190,7 +190,7 @@ def test_serving_encoder_batches_unless_max_batch_is_one(tmp_path):
 def test_api_searches_go_through_the_batcher(settings, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from app.api.main import create_app
+    from app.main import create_app
     from tests.conftest import jpeg_bytes
 
     settings = settings.model_copy(update={"auth": False, "batch_wait_ms": 1, "max_batch": 8})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.calibration import Calibration, Evidence, calibration_path, load_calibration, uncalibrated
+from app.pipeline.calibrate import Calibration, Evidence, calibration_path, load_calibration, uncalibrated
 
 
 def fitted() -> Calibration:
@@ -48,7 +48,7 @@ class FakeFingerprint:
 
 
 def test_a_calibration_fitted_for_other_weights_is_not_used(tmp_path, monkeypatch, caplog):
-    import app.calibration as calibration
+    import app.pipeline.calibrate as calibration
 
     monkeypatch.setattr(calibration, "CALIBRATION_DIR", tmp_path)
     calibration._read.cache_clear()

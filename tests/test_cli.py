@@ -150,8 +150,8 @@ def test_auto_on_an_exported_runtime_picks_the_model_torch_would(tmp_path):
     """CLIP weights are here but only the offline model was exported: the runtime must not switch models."""
     from app.core.config import Settings
     from app.embedding import create_encoder
-    from app.embedding.onnx_runtime import export_paths
-    from app.errors import ModelUnavailable
+    from app.embedding.runtimes.onnx import export_paths
+    from app.core.errors import ModelUnavailable
 
     checkpoint = tmp_path / "clip.pt"
     checkpoint.write_bytes(b"weights")  # only its presence is looked at here

@@ -10,8 +10,8 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.embedding import create_encoder, resolve_model
-from app.embedding.clip import ClipEncoder, ClipSpec, preprocessing_for
-from app.errors import ModelUnavailable
+from app.embedding.models.clip import ClipEncoder, ClipSpec, preprocessing_for
+from app.core.errors import ModelUnavailable
 from tests.conftest import random_photo
 
 ARCH = "ViT-B-32"

@@ -42,7 +42,7 @@ def test_orphan_and_temp_files_are_removed_at_start(service, settings, encoder):
     kept = service.register_artefact({"inventory_number": "K-1"}, [PhotoInput(jpeg_bytes(random_photo(1)))])
     # What a crash between writing the files and committing the rows leaves behind:
     orphan_data = jpeg_bytes(random_photo(2))
-    from app.imaging import sha256_hex
+    from app.pipeline.decode import sha256_hex
 
     orphan = service.store.photos.put(orphan_data, sha256_hex(orphan_data), "JPEG")
     temp = orphan.parent / ".tmp-half-written.jpg.x1"
@@ -58,7 +58,7 @@ def test_orphan_and_temp_files_are_removed_at_start(service, settings, encoder):
 
 def test_clean_up_never_takes_a_file_whose_writer_has_not_committed_yet(service, settings):
     data = jpeg_bytes(random_photo(3))
-    from app.imaging import sha256_hex
+    from app.pipeline.decode import sha256_hex
 
     writing = threading.Event()
     release = threading.Event()
@@ -261,7 +261,7 @@ def test_a_photo_sent_again_after_a_model_switch_is_stored_as_it_is_indexed(sett
     new vector goes into the index, so it must go into the database too (or a restart drops it)."""
     import dataclasses
 
-    from app.embedding.efficientnet import EfficientNetLiteEncoder
+    from app.embedding.models.efficientnet import EfficientNetLiteEncoder
 
     class Switched(EfficientNetLiteEncoder):  # the same network under another fingerprint: "the new model"
         @property

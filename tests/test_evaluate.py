@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from app.evaluate import evaluate_pack
+from app.jobs.evaluate import evaluate_pack
 from tests.conftest import BENCHMARKS, coin_query, png_bytes
 
 
@@ -58,7 +58,7 @@ def test_benchmark_packs_reach_the_single_descriptor_baseline(pack, floor, setti
 
 
 def test_report_shows_every_failure_side_by_side(coin_pack, settings, encoder, tmp_path):
-    from app.evaluate import write_report
+    from app.jobs.evaluate import write_report
 
     result = evaluate_pack(coin_pack, settings, encoder=encoder)
     failures = [{"query": "queries/1.jpg", "expected": "DEMO-COIN-01", "got": ["DEMO-COIN-02"], "rank": 2,
@@ -83,8 +83,8 @@ def test_candidates_carry_the_evidence_calibration_needs(coin_pack, settings, en
 @pytest.fixture(scope="module")
 def coin_listing_pack(tmp_path_factory):
     """The demo coins under the listing transforms: 20 registered, 4 held out, 6 lots."""
-    from app.demo import coin_crops
-    from app.listing_transforms import write_pack
+    from app.jobs.demo import coin_crops
+    from app.jobs.listing_transforms import write_pack
 
     root = tmp_path_factory.mktemp("coins-listing")
     write_pack([(c.inventory_number, "coin", [c.image]) for c in coin_crops()], root / "pack", seed=2026,
@@ -112,7 +112,7 @@ def test_coin_listing_pack_reaches_the_same_object_target(coin_listing_pack, set
 def test_a_malformed_pack_is_refused_with_file_and_line(coin_pack, settings, encoder, tmp_path, damage, said):
     import shutil
 
-    from app.evaluate import PackError
+    from app.jobs.evaluate import PackError
 
     pack = tmp_path / "pack"
     shutil.copytree(coin_pack, pack)

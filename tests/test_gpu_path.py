@@ -12,10 +12,10 @@ import torch
 
 from app.core.config import Settings
 from app.embedding import resolve_device
-from app.embedding import torch_inference
+from app.embedding.runtimes import torch_inference
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
-from app.embedding.torch_inference import inference_context, run_module, uses_fp16
+from app.embedding.runtimes.torch_inference import inference_context, run_module, uses_fp16
 
 
 @pytest.mark.parametrize("setting, has_gpu, expected", [

@@ -11,7 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
+from app.main import create_app
 from app.core.config import Settings
 from app.schemas import PhotoOut, SearchResponse
 from app.security.keys import KeyStore

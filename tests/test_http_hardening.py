@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
+from app.main import create_app
 from tests.conftest import bearer
 
 ORIGIN = "https://registry.example.org"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import BadImage, ImageTooLarge
-from app.imaging import DEFAULT_MIN_SIDE, decode_image
+from app.core.errors import BadImage, ImageTooLarge
+from app.pipeline.decode import DEFAULT_MIN_SIDE, decode_image
 from tests.conftest import jpeg_bytes, png_bytes, random_photo
 
 

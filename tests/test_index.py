@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.index import INDEX_FILE, VectorIndex
+from app.pipeline.retrieve import INDEX_FILE, VectorIndex
 
 
 def unit(rng, n, d=16):

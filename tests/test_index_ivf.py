@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from app.index import VectorIndex
+from app.pipeline.retrieve import VectorIndex
 
 DIM = 64
 N = 20_000
@@ -88,7 +88,7 @@ def test_data_ivf_cannot_search_accurately_stays_exact(caplog):
     rng = np.random.default_rng(5)
     vecs = rng.standard_normal((N, 256)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    with caplog.at_level(logging.WARNING, logger="app.index"):
+    with caplog.at_level(logging.WARNING, logger="app.pipeline.retrieve"):
         index = VectorIndex.build("m@1", np.arange(N), vecs, 256, ann_min_vectors=10_000)
     assert index.kind == "flat" and "keeping exact search" in caplog.text
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.listing_transforms import TRANSFORMS, lot, write_pack
+from app.jobs.listing_transforms import TRANSFORMS, lot, write_pack
 from tests.conftest import random_photo
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from app.registry.manifest import export_manifest, import_manifest
+from app.jobs.manifest import export_manifest, import_manifest
 from tests.conftest import jpeg_bytes, png_bytes, random_photo
 
 
@@ -104,7 +104,7 @@ def test_csv_row_with_more_cells_than_the_header_is_refused_not_cut_short(tmp_pa
 def test_a_manifest_that_is_not_utf8_is_refused_whole_with_its_line(tmp_path, service):
     import pytest
 
-    from app.registry.manifest import ManifestUnreadable, read_rows
+    from app.jobs.manifest import ManifestUnreadable, read_rows
 
     write_photos(tmp_path, 2)
     manifest = tmp_path / "m.csv"

@@ -16,9 +16,9 @@ import torch
 
 from app.core.config import Settings
 from app.embedding import create_encoder, create_torch_encoder
-from app.embedding import onnx_runtime
-from app.embedding.onnx_runtime import ExportRefused, OnnxImageEncoder, export_onnx, export_paths
-from app.errors import IndexModelMismatch, ModelUnavailable
+from app.embedding.runtimes import onnx as onnx_runtime
+from app.embedding.runtimes.onnx import ExportRefused, OnnxImageEncoder, export_onnx, export_paths
+from app.core.errors import IndexModelMismatch, ModelUnavailable
 from app.service import MatchingService, PhotoInput
 from tests.conftest import coin_query, jpeg_bytes, png_bytes
 

@@ -15,10 +15,10 @@ import pytest
 
 from app.core.config import Settings
 from app.embedding import create_encoder, create_torch_encoder
-from app.embedding import openvino_runtime
-from app.embedding.onnx_runtime import ExportRefused, export_paths
-from app.embedding.openvino_runtime import OpenVinoImageEncoder, export_openvino
-from app.errors import ModelUnavailable
+from app.embedding.runtimes import openvino as openvino_runtime
+from app.embedding.runtimes.onnx import ExportRefused, export_paths
+from app.embedding.runtimes.openvino import OpenVinoImageEncoder, export_openvino
+from app.core.errors import ModelUnavailable
 from tests.conftest import random_photo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.core.config import Settings
-from app.scan.runner import ScanOptions, ScanRefused, run_scan
+from app.jobs.scan.runner import ScanOptions, ScanRefused, run_scan
 from tests.conftest import ROOT, coin_query, jpeg_bytes, random_photo
 
 COINS = 8  # registered coins photographed for listings
@@ -28,7 +28,7 @@ HOSTILE_TITLE = "Ancient coin <script>alert('x')</script> & \"more\""
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, encoder):
     """The 24 demo coins registered once for the module (scans only read the registry)."""
-    from app.demo import seed_demo
+    from app.jobs.demo import seed_demo
     from app.service import MatchingService
 
     root = tmp_path_factory.mktemp("registry")
@@ -342,10 +342,10 @@ def test_scan_command_line(dump, registry, tmp_path, monkeypatch):
 
 
 def test_local_engine_keeps_a_bounded_number_of_groups_in_flight(dump, registry, scan_service):
-    from app.scan.fetch import FetchPolicy
-    from app.scan.pipeline import LocalEngine
-    from app.scan.reader import Listing, open_dump
-    from app.scan.work import DecodeConfig, Group
+    from app.jobs.scan.fetch import FetchPolicy
+    from app.jobs.scan.pipeline import LocalEngine
+    from app.jobs.scan.reader import Listing, open_dump
+    from app.jobs.scan.work import DecodeConfig, Group
 
     pulled, emitted, most_ahead = [], [], []
 
@@ -365,8 +365,8 @@ def test_local_engine_keeps_a_bounded_number_of_groups_in_flight(dump, registry,
 def test_ray_actor_loads_the_model_once_for_the_whole_scan(dump, registry, tmp_path, monkeypatch):
     """Many small groups through one actor: one model load for the scan, not one per block."""
     ray = pytest.importorskip("ray")
-    from app.scan import runner
-    from app.scan.ray_engine import RayEngine
+    from app.jobs.scan import runner
+    from app.jobs.scan.ray_engine import RayEngine
 
     engines = []
     real_engine = runner._engine
@@ -388,7 +388,7 @@ def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service
     import http.server
     import threading
 
-    from app.scan import checkpoint
+    from app.jobs.scan import checkpoint
 
     photo = jpeg_bytes(coins[0].image)
     up = threading.Event()

@@ -10,12 +10,12 @@ import zipfile
 
 import pytest
 
-from app.scan.checkpoint import Checkpoint, GroupStats, open_append
-from app.scan.fetch import FetchPolicy, fetch
-from app.scan.outputs import matches_csv
-from app.scan.reader import DumpError, Listing, RowError, open_dump
-from app.scan.sources import FolderSource, ImageUnavailable, ZipSource, safe_name
-from app.scan.work import DecodeConfig, decode_ref, groups
+from app.jobs.scan.checkpoint import Checkpoint, GroupStats, open_append
+from app.jobs.scan.fetch import FetchPolicy, fetch
+from app.jobs.scan.outputs import matches_csv
+from app.jobs.scan.reader import DumpError, Listing, RowError, open_dump
+from app.jobs.scan.sources import FolderSource, ImageUnavailable, ZipSource, safe_name
+from app.jobs.scan.work import DecodeConfig, decode_ref, groups
 
 
 @pytest.mark.parametrize("ref", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "C:\\x.jpg", "..\\x.jpg", "a\x00.jpg", ""])
@@ -193,7 +193,7 @@ def test_csv_cells_cannot_become_spreadsheet_formulas():
 def _items(text: str, kind: str):
     import io
 
-    from app.scan.reader import parse_manifest
+    from app.jobs.scan.reader import parse_manifest
 
     return list(parse_manifest(io.StringIO(text, newline=""), kind))
 
@@ -236,7 +236,7 @@ def test_csv_dumps_as_spreadsheets_write_them():
 def test_a_csv_row_that_cannot_be_read_is_skipped_and_the_rest_read(monkeypatch):
     import csv
 
-    from app.scan import reader
+    from app.jobs.scan import reader
 
     before = csv.field_size_limit()
     monkeypatch.setattr(reader, "CSV_CELL_LIMIT", 10)  # as if a cell were over the limit
@@ -250,8 +250,8 @@ def test_a_csv_row_that_cannot_be_read_is_skipped_and_the_rest_read(monkeypatch)
 
 
 def test_names_that_are_not_utf8_are_written_not_fatal(tmp_path):
-    from app.scan.outputs import _utf8
-    from app.scan.reader import open_dump
+    from app.jobs.scan.outputs import _utf8
+    from app.jobs.scan.reader import open_dump
 
     folder = tmp_path / "dump"
     folder.mkdir()

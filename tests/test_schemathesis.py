@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from app.api.main import create_app
+from app.main import create_app
 from app.core.config import Settings
 from app.security.keys import KeyStore
 from app.service import MatchingService, PhotoInput

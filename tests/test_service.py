@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.errors import BadImage, IndexModelMismatch
-from app.index import INDEX_FILE, VectorIndex
+from app.core.errors import BadImage, IndexModelMismatch
+from app.pipeline.retrieve import INDEX_FILE, VectorIndex
 from app.service import MatchingService, PhotoInput
 from tests.conftest import jpeg_bytes, random_photo
 
@@ -109,7 +109,7 @@ def test_two_processes_on_one_data_dir_see_each_others_changes(settings, encoder
 def test_duplicate_inventory_number_leaves_no_photo_file(service):
     register(service, 1)
     files = set(service.store.photos.all_files())
-    from app.errors import Conflict
+    from app.core.errors import Conflict
 
     with pytest.raises(Conflict):
         service.register_artefact({"inventory_number": "A-0", "institution": "X"},
@@ -147,7 +147,7 @@ def test_an_analysis_computed_beforehand_gives_the_same_answer(service, coins):
     import dataclasses
     import random
 
-    from app.signatures import analyse_photo
+    from app.pipeline.signature import analyse_photo
     from tests.conftest import coin_query
 
     for i, crop in enumerate(coins[:6]):

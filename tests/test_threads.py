@@ -47,7 +47,7 @@ if threads:
 import cv2, faiss, torch
 from threadpoolctl import threadpool_info
 from fastapi.testclient import TestClient
-from app.api.main import create_app
+from app.main import create_app
 with TestClient(create_app()) as client:
     seen = {}
     def look():  # a thread of its own, like the thread pool that runs the API's routes
@@ -82,7 +82,7 @@ def test_the_api_process_applies_its_share_to_every_library(tmp_path, env, expec
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from app.embedding import create_torch_encoder
-    from app.embedding.openvino_runtime import export_openvino
+    from app.embedding.runtimes.openvino import export_openvino
 
     models_dir = tmp_path_factory.mktemp("threads") / "models"
     settings = Settings(model=MODEL, models_dir=models_dir, device="cpu")

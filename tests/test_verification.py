@@ -9,12 +9,12 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.calibration import Calibration, Evidence
-from app.listing_transforms import perspective, textured_background
-from app.local_features import LocalFeatures, extract_features, verify_geometry
-from app.matching import Candidate, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, margins
-from app.regions import propose_regions, tight_box
-from app.signatures import colour_signature, compute_signature, hamming, perceptual_hash
+from app.pipeline.calibrate import Calibration, Evidence
+from app.jobs.listing_transforms import perspective, textured_background
+from app.pipeline.features import LocalFeatures, extract_features, verify_geometry
+from app.pipeline.match import Candidate, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, margins
+from app.pipeline.regions import propose_regions, tight_box
+from app.pipeline.signature import colour_signature, compute_signature, hamming, perceptual_hash
 from tests.conftest import jpeg_bytes, random_photo
 
 

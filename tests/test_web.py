@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
-from app.demo import seed_demo
+from app.main import create_app
+from app.jobs.demo import seed_demo
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.web.pages import WEB_CSP
@@ -398,7 +398,7 @@ def test_web_paths_answer_http_errors_with_translated_pages(browser_as):
 
 
 def test_several_photos_at_once_fit_the_request_limit_and_one_too_many_gets_a_page(settings, encoder):
-    from app.api.main import create_app
+    from app.main import create_app
     from app.security.keys import KeyStore
     from app.service import MatchingService
     from tests.test_web import sign_in
@@ -512,7 +512,7 @@ def test_web_files_ship_in_the_package():
 
 
 def test_a_lot_of_two_coins_frames_each_match_in_the_query_photo(demo, coins, browser_as):
-    from app.listing_transforms import lot
+    from app.jobs.listing_transforms import lot
 
     left, right = coins[4], coins[17]
     photo = lot([left.image.resize((300, 300)), right.image.resize((300, 300))], random.Random(3))

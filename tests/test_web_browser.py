@@ -45,9 +45,9 @@ def server(tmp_path_factory, encoder):
     """uvicorn serving the app on a free port, with the demo coins and one key per role."""
     import uvicorn
 
-    from app.api.main import create_app
+    from app.main import create_app
     from app.core.config import Settings
-    from app.demo import seed_demo
+    from app.jobs.demo import seed_demo
     from app.security.keys import KeyStore
     from app.service import MatchingService
 

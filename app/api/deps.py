@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, Path, Request, UploadFile
 from fastapi.security import HTTPBearer
 
-from app.errors import BadImage, Forbidden, ImageTooLarge, Unauthorized
+from app.core.errors import BadImage, Forbidden, ImageTooLarge, Unauthorized
 from app.schemas import ErrorResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog

@@ -6,8 +6,8 @@ import logging
 
 from app.core.config import Settings
 from app.embedding.base import ImageEncoder, ModelFingerprint
-from app.embedding.clip import ClipSpec, find_clip_weights
-from app.errors import ConfigError
+from app.embedding.models.clip import ClipSpec, find_clip_weights
+from app.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def create_serving_encoder(settings: Settings) -> ImageEncoder:
     encoder = create_encoder(settings)
     if settings.max_batch <= 1:
         return encoder
-    from app.embedding.batching import BatchingEncoder
+    from app.embedding.runtimes.batching import BatchingEncoder
 
     return BatchingEncoder(encoder, wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch)
 
@@ -65,7 +65,7 @@ def create_serving_encoder(settings: Settings) -> ImageEncoder:
 def _create_exported_encoder(settings: Settings) -> ImageEncoder:
     """The exported model; found from settings alone, so that torch is never imported."""
     from app.core.threads import intra_op_threads
-    from app.embedding.onnx_runtime import OnnxImageEncoder, has_export
+    from app.embedding.runtimes.onnx import OnnxImageEncoder, has_export
 
     if settings.device == "cuda":
         raise ConfigError(f"HM_RUNTIME={settings.runtime} runs on CPU; use HM_RUNTIME=torch with HM_DEVICE=cuda.")
@@ -78,7 +78,7 @@ def _create_exported_encoder(settings: Settings) -> ImageEncoder:
         spec = settings.clip_default if has_clip else resolve_model(settings)
     threads = intra_op_threads(settings)
     if settings.runtime == "openvino":
-        from app.embedding.openvino_runtime import OpenVinoImageEncoder
+        from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 
         return OpenVinoImageEncoder.from_models_dir(spec, settings.models_dir, batch_size=batch_size_for(settings),
                                                     threads=threads)
@@ -107,11 +107,11 @@ def create_torch_encoder(settings: Settings) -> ImageEncoder:
 
         torch.set_num_threads(threads)
     if spec == OFFLINE_MODEL:
-        from app.embedding.efficientnet import EfficientNetLiteEncoder
+        from app.embedding.models.efficientnet import EfficientNetLiteEncoder
 
         return EfficientNetLiteEncoder(device=device, batch_size=batch_size_for(settings, device))
     if spec.startswith("clip:"):
-        from app.embedding.clip import ClipEncoder
+        from app.embedding.models.clip import ClipEncoder
 
         return ClipEncoder(ClipSpec.parse(spec), settings.models_dir, device=device,
                            batch_size=batch_size_for(settings, device))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.storage import atomic_write
+from app.core.files import atomic_write
 
 EXTENSIONS = {
     "JPEG": "jpg",

@@ -20,13 +20,13 @@ from sqlalchemy import create_engine, event, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound
 from app.registry.models import Artefact, Base, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security import models as _security_tables  # noqa: F401  (keys and audit tables: create_all)
 from app.security.audit import install_append_only_triggers, record_event
-from app.signatures import SIGNATURE_VERSION, VisualSignature
-from app.storage import file_lock
+from app.pipeline.signature import SIGNATURE_VERSION, VisualSignature
+from app.core.files import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from app.errors import AppError, NotFound
+from app.core.errors import AppError, NotFound
 from app.registry.models import utcnow
 from app.security.actor import Principal
 from app.security.audit import record_event

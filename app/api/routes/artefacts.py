@@ -5,11 +5,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import DB_ID_MAX, get_audit, get_service, id_path, read_upload, require
 from app.api.presenters import artefact_outs
-from app.errors import AppError
+from app.core.errors import AppError
 from app.registry.models import ArtefactStatus
 from app.registry.store import ArtefactFilter
 from app.schemas import ArtefactCreate, ArtefactOut, ArtefactPage, ArtefactUpdate, ErrorResponse, PhotoOut
-from app.security.access import readable_artefact
+from app.registry.access import readable_artefact
 from app.security.actor import Principal
 from app.security.audit import AuditLog
 from app.security.roles import Permission

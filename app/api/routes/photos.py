@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import get_audit, get_service, id_path, require
-from app.imaging import decode_image, thumbnail_jpeg
+from app.pipeline.decode import decode_image, thumbnail_jpeg
 from app.schemas import ErrorResponse
-from app.security.access import readable_photo
+from app.registry.access import readable_photo
 from app.security.actor import Principal
 from app.security.audit import AuditLog
 from app.security.roles import Permission

@@ -4,8 +4,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import get_audit, get_service, read_upload, require
-from app.audited_search import audited_search
-from app.errors import AppError
+from app.http.audited_search import audited_search
+from app.core.errors import AppError
 from app.schemas import ErrorResponse, SearchResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog

@@ -9,9 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import id_path
 from app.api.routes.photos import THUMB_SIZE
-from app.errors import Forbidden, NotFound
-from app.imaging import decode_image, thumbnail_jpeg
-from app.security.access import readable_photo
+from app.core.errors import Forbidden, NotFound
+from app.pipeline.decode import decode_image, thumbnail_jpeg
+from app.registry.access import readable_photo
 from app.security.roles import Permission
 from app.web.i18n import N_
 from app.web.pages import WebError, allow, finish

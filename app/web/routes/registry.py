@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from app.api.deps import id_path, read_upload
 from app.api.routes.artefacts import MAX_PHOTOS_PER_REQUEST
-from app.errors import AppError, NotFound
+from app.core.errors import AppError, NotFound
 from app.registry.models import ArtefactStatus
 from app.registry.store import ArtefactFilter
 from app.security.actor import acting_as

@@ -9,12 +9,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import read_upload
-from app.audited_search import audited_search
-from app.errors import AppError, RateLimited
-from app.imaging import decode_image, thumbnail_jpeg
+from app.http.audited_search import audited_search
+from app.core.errors import AppError, RateLimited
+from app.pipeline.decode import decode_image, thumbnail_jpeg
 from app.registry.models import Artefact
 from app.schemas import SearchResult
-from app.security.access import may_read_artefact, may_see_photo
+from app.registry.access import may_read_artefact, may_see_photo
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Permission
 from app.web.i18n import N_

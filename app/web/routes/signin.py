@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.middleware import client_address
+from app.http.middleware import client_address
 from app.web.i18n import N_
 from app.web.pages import CSRF_REFUSED, WebError, codec, current_user, redirect, render, web_session
 from app.web.session import WebSession

@@ -27,7 +27,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from app.storage import atomic_write, file_lock
+from app.core.files import atomic_write, file_lock
 
 # FAISS switches from its own kernels to BLAS at this many queries; the default (20) makes batched
 # flat search 7-10x slower on small CPUs.

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-from app.jsonl import parse_json_line
-from app.scan.sources import FolderSource, ImageUnavailable, TarSource, ZipSource, is_image_name, safe_name
+from app.core.jsonl import parse_json_line
+from app.jobs.scan.sources import FolderSource, ImageUnavailable, TarSource, ZipSource, is_image_name, safe_name
 
 LISTING_FIELDS = ("title", "description", "url", "price", "currency", "seller", "platform", "listed_at")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.calibration import Calibration, Evidence
-from app.local_features import NO_GEOMETRY, GeometryResult, LocalFeatures, single_threaded_blas, verify_geometry
-from app.signatures import VisualSignature
+from app.pipeline.calibrate import Calibration, Evidence
+from app.pipeline.features import NO_GEOMETRY, GeometryResult, LocalFeatures, single_threaded_blas, verify_geometry
+from app.pipeline.signature import VisualSignature
 
 # The first candidates are verified against their two best photos, the rest against their best one:
 # a search may reach deep into the embedding's list (on near-identical coins a rotation moves the right

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.core.config import Settings
-from app.errors import AppError
-from app.imaging import thumbnail_jpeg, working_side
-from app.scan.checkpoint import Checkpoint, GroupStats, PINNED
-from app.scan.fetch import FetchPolicy
-from app.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, discard_unrecorded, finalize_rows
-from app.scan.reader import DumpError, open_dump
-from app.scan.report import write_report
-from app.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, GroupStream
+from app.core.errors import AppError
+from app.pipeline.decode import thumbnail_jpeg, working_side
+from app.jobs.scan.checkpoint import Checkpoint, GroupStats, PINNED
+from app.jobs.scan.fetch import FetchPolicy
+from app.jobs.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, discard_unrecorded, finalize_rows
+from app.jobs.scan.reader import DumpError, open_dump
+from app.jobs.scan.report import write_report
+from app.jobs.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, GroupStream
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +185,10 @@ def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -
 
 def _engine(options: ScanOptions, settings: Settings, service):
     if options.engine == "ray":
-        from app.scan.ray_engine import RayEngine
+        from app.jobs.scan.ray_engine import RayEngine
 
         return RayEngine(settings, options.ray_address, options.ray_actors, options.ray_gpus_per_actor)
-    from app.scan.pipeline import LocalEngine
+    from app.jobs.scan.pipeline import LocalEngine
 
     return LocalEngine(service, options.workers)
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
-from app.embedding.torch_inference import run_module
-from app.errors import ModelUnavailable
+from app.embedding.runtimes.torch_inference import run_module
+from app.core.errors import ModelUnavailable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

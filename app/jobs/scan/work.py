@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from app.errors import AppError
-from app.imaging import DecodedImage, decode_image, thumbnail_jpeg
-from app.scan.fetch import FetchPolicy, fetch
-from app.scan.reader import Listing, RowError, open_dump
-from app.scan.sources import ImageUnavailable, has_scheme, is_url
-from app.signatures import analyse_photo
+from app.core.errors import AppError
+from app.pipeline.decode import DecodedImage, decode_image, thumbnail_jpeg
+from app.jobs.scan.fetch import FetchPolicy, fetch
+from app.jobs.scan.reader import Listing, RowError, open_dump
+from app.jobs.scan.sources import ImageUnavailable, has_scheme, is_url
+from app.pipeline.signature import analyse_photo
 
 VERDICT_RANK = {"no_match": 0, "possible": 1, "match": 2}
 THUMB_SIDE = 256

@@ -6,8 +6,8 @@ the same search, filtered and recorded the same way, as one from a script.
 
 from __future__ import annotations
 
-from app.errors import AppError
-from app.imaging import sha256_hex
+from app.core.errors import AppError
+from app.pipeline.decode import sha256_hex
 from app.schemas import SearchResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog

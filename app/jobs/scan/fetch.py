@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from app.scan.sources import ImageUnavailable, is_url, read_capped
+from app.jobs.scan.sources import ImageUnavailable, is_url, read_capped
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 USER_AGENT = "heritage-match-scan/0.1"

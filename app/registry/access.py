@@ -7,7 +7,7 @@ which ids are registered.
 
 from __future__ import annotations
 
-from app.errors import Forbidden, NotFound
+from app.core.errors import Forbidden, NotFound
 from app.registry.models import Artefact, Photo
 from app.registry.store import RegistryStore
 from app.security.actor import Principal

@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 
 from pydantic import ValidationError
 
-from app.errors import AppError
-from app.jsonl import object_lines
+from app.core.errors import AppError
+from app.core.jsonl import object_lines
 from app.registry.photos import EXTENSIONS
 from app.schemas import RECORD_FIELDS, ArtefactCreate
 from app.service import MatchingService, PhotoInput

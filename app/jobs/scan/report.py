@@ -13,7 +13,7 @@ import html
 from collections import defaultdict
 from pathlib import Path
 
-from app.scan.sources import is_url
+from app.jobs.scan.sources import is_url
 
 DESCRIPTION_CHARS = 600
 

@@ -15,10 +15,10 @@ import json
 import os
 from pathlib import Path
 
-from app.scan.checkpoint import GroupStats, open_append
-from app.scan.reader import Listing, RowError
-from app.scan.work import GroupResult
-from app.storage import atomic_write
+from app.jobs.scan.checkpoint import GroupStats, open_append
+from app.jobs.scan.reader import Listing, RowError
+from app.jobs.scan.work import GroupResult
+from app.core.files import atomic_write
 
 MATCHES = "matches.jsonl"
 MATCHES_CSV = "matches.csv"

@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable
 
-from app.scan.work import (
+from app.jobs.scan.work import (
     DecodeConfig, Group, GroupResult, decode_ref, search_group, single_threaded_decode_process,
 )
 

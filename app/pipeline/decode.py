@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import BadImage, ImageTooLarge
+from app.core.errors import BadImage, ImageTooLarge
 
 try:  # HEIC/HEIF: the format of most iPhone photos
     import pillow_heif
@@ -51,7 +51,7 @@ class DecodedImage:
     format: str
     width: int  # of the original, after orientation
     height: int
-    # The model-independent part of a search (``app.signatures.PhotoAnalysis``), when a decode
+    # The model-independent part of a search (``app.pipeline.signature.PhotoAnalysis``), when a decode
     # worker already computed it: scans do it beside decoding, off the process that embeds.
     analysis: object | None = None
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.storage import atomic_write
+from app.core.files import atomic_write
 
 STATE_FILE = "scan-state.json"
 DONE_FILE = "scan-done.log"

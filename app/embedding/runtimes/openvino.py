@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from app.embedding.base import ImageEncoder, file_sha256
-from app.embedding.onnx_runtime import (
+from app.embedding.runtimes.onnx import (
     BATCH_MIN_IMAGES, FP32_MIN_COSINE, OnnxImageEncoder, check_parity, export_onnx, export_paths, has_export,
     parity_images,
 )
-from app.errors import ModelUnavailable
+from app.core.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 

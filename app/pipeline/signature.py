@@ -3,7 +3,7 @@
 - a perceptual hash (finds a registry photo re-used in a listing: resized, recompressed, watermarked);
 - a colour signature (local features are colour-blind: two tins with the same print in other
   colours share keypoints);
-- local features for geometric verification (``app.local_features``).
+- local features for geometric verification (``app.pipeline.features``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from app.local_features import LocalFeatures, extract_features
-from app.regions import Box, propose_regions
+from app.pipeline.features import LocalFeatures, extract_features
+from app.pipeline.regions import Box, propose_regions
 
 # Bump when any signature changes meaning: stored signatures of an older version are recomputed.
 SIGNATURE_VERSION = 2

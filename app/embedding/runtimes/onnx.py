@@ -24,7 +24,7 @@ from PIL import Image
 
 from app.embedding.base import ImageEncoder, ModelFingerprint, file_sha256
 from app.embedding.preprocess import Preprocessing
-from app.errors import ModelUnavailable
+from app.core.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class OnnxImageEncoder(ImageEncoder):
         if meta.get("onnx_sha256") != self.meta["onnx_sha256"]:
             return None  # checked on another export of this model: not this file
         try:
-            from app.embedding.openvino_runtime import OpenVinoImageEncoder
+            from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 
             return OpenVinoImageEncoder(self.path, meta, batch_size=self.batch_size, threads=self.threads,
                                         hint="THROUGHPUT").load()

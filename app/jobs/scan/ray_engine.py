@@ -21,7 +21,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
 from app.core.config import Settings
-from app.scan.work import DecodeConfig, Group, GroupResult, decode_group, search_group, single_threaded_decode_process
+from app.jobs.scan.work import DecodeConfig, Group, GroupResult, decode_group, search_group, single_threaded_decode_process
 
 GROUPS_PER_BLOCK = 1  # a block is the unit Ray decodes in parallel and hands to an actor
 

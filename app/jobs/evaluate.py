@@ -16,8 +16,8 @@ import numpy as np
 
 from app.core.config import Settings
 from app.embedding import ImageEncoder, create_encoder
-from app.errors import AppError
-from app.jsonl import object_lines
+from app.core.errors import AppError
+from app.core.jsonl import object_lines
 from app.service import MatchingService, PhotoInput
 
 KS = (1, 5, 10)
@@ -78,7 +78,7 @@ def _read_photo(pack: Path, rel: str) -> bytes:
 
 
 def write_report(result: dict, pack: Path, out: Path) -> None:
-    from app.evaluate_report import render_report
+    from app.jobs.evaluate_report import render_report
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(result, pack, reference_photos(pack)), encoding="utf-8")

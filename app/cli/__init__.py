@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.core.config import get_settings
-from app.errors import AppError
+from app.core.errors import AppError
 
 app = typer.Typer(help="Match photos of cultural objects against a registry of artefacts at risk.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -94,7 +94,7 @@ def serve(
 
     create_encoder(settings).weights_path()
     proxies = settings.forwarded_allow_ips.strip()
-    uvicorn.run("app.api.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+    uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
                 workers=settings.workers)
 
@@ -102,7 +102,7 @@ def serve(
 @app.command()
 def demo(if_empty: bool = typer.Option(False, "--if-empty", help="Only when the registry has no artefact.")):
     """Seed the registry with the 24 demo coins (scikit-image's public-domain coins photograph)."""
-    from app.demo import seed_demo
+    from app.jobs.demo import seed_demo
 
     service = _service()
     try:
@@ -119,7 +119,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON response."),
 ):
     """Look up one photo in the local registry."""
-    from app.imaging import sha256_hex
+    from app.pipeline.decode import sha256_hex
     from app.security.audit import AuditLog
 
     service = _service()
@@ -152,7 +152,7 @@ def search(
 @registry_app.command("import")
 def registry_import(manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV.")):
     """Import artefacts (one per row); bad rows are reported with their line number and skipped."""
-    from app.registry.manifest import import_manifest, read_rows
+    from app.jobs.manifest import import_manifest, read_rows
 
     total = sum(1 for _ in read_rows(manifest))
     service = _service()
@@ -174,7 +174,7 @@ def registry_import(manifest: Path = typer.Argument(..., exists=True, dir_okay=F
 @registry_app.command("export")
 def registry_export(out: Path = typer.Argument(..., help="OUT.jsonl or OUT.csv; photos go to photos/ beside it.")):
     """Export the registry in the import format."""
-    from app.registry.manifest import export_manifest
+    from app.jobs.manifest import export_manifest
 
     service = _service(start=False)
     try:
@@ -216,7 +216,7 @@ def index_rebuild(reembed: bool = typer.Option(False, "--reembed", help="Embed p
 def models_list():
     """The models this installation can use and whether their weights are present."""
     from app.embedding import OFFLINE_MODEL, resolve_model
-    from app.embedding.clip import ClipSpec, find_clip_weights
+    from app.embedding.models.clip import ClipSpec, find_clip_weights
 
     settings = get_settings()
     table = Table(title=f"models (HM_MODEL={settings.model} -> {resolve_model(settings)})")
@@ -240,7 +240,7 @@ def models_fetch(
     model: Optional[str] = typer.Argument(None, help="clip:<architecture>:<tag>; default HM_CLIP_DEFAULT."),
 ):
     """Download CLIP weights into the models directory (needs internet: run it on a connected machine)."""
-    from app.embedding.clip import ClipSpec, find_clip_weights
+    from app.embedding.models.clip import ClipSpec, find_clip_weights
 
     settings = get_settings()
     spec = ClipSpec.parse(model or settings.clip_default)
@@ -303,7 +303,7 @@ def models_export(
 ):
     """Export the active model (HM_MODEL) to ONNX for HM_RUNTIME=onnx, checked against torch on real photos."""
     from app.embedding import create_torch_encoder, resolve_model
-    from app.embedding.onnx_runtime import ExportRefused, export_onnx
+    from app.embedding.runtimes.onnx import ExportRefused, export_onnx
 
     if int8 and openvino:
         _fail("OpenVINO runs the fp32 export: use --int8 and --openvino one at a time.")
@@ -312,7 +312,7 @@ def models_export(
     encoder = create_torch_encoder(settings.model_copy(update={"model": model}))
     try:
         if openvino:
-            from app.embedding.openvino_runtime import export_openvino
+            from app.embedding.runtimes.openvino import export_openvino
 
             meta = export_openvino(encoder, model, settings.models_dir)
         else:
@@ -336,7 +336,7 @@ def evaluate(
     ),
 ):
     """Measure recall@1/5/10, mAP, open-set rates and latency on a benchmark pack."""
-    from app.evaluate import evaluate_pack, write_report
+    from app.jobs.evaluate import evaluate_pack, write_report
 
     with _progress() as progress:
         tasks: dict[str, int] = {}
@@ -379,7 +379,7 @@ def scan(
     """Check every listing of a marketplace dump against the registry; resumable, with an HTML report."""
     from rich.progress import TaskProgressColumn, TimeElapsedColumn
 
-    from app.scan.runner import Progress as ScanProgress, ScanOptions, run_scan
+    from app.jobs.scan.runner import Progress as ScanProgress, ScanOptions, run_scan
 
     options = ScanOptions(dump=dump, out=out, engine=engine, resume=resume, min_verdict=min_verdict, fetch=fetch,
                           top_k=top_k, workers=workers, ray_address=ray_address, ray_actors=ray_actors,

@@ -15,14 +15,14 @@ from app import __version__
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import PROTECTED_RESPONSES
-from app.api.middleware import (
+from app.http.middleware import (
     SEARCH_PATH, Authenticate, BodySizeLimit, SecurityHeaders, record_refused_search, web_error_page,
 )
 from app.api.routes import artefacts, health, index, keys, photos, search
 from app.core.config import Settings, get_settings
 from app.core.threads import apply_thread_limits, intra_op_threads
 from app.embedding import create_serving_encoder
-from app.errors import AppError
+from app.core.errors import AppError
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.security.ratelimit import RateLimiter
