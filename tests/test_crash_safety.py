@@ -42,7 +42,7 @@ def test_orphan_and_temp_files_are_removed_at_start(service, settings, encoder):
     kept = service.register_artefact({"inventory_number": "K-1"}, [PhotoInput(jpeg_bytes(random_photo(1)))])
     # What a crash between writing the files and committing the rows leaves behind:
     orphan_data = jpeg_bytes(random_photo(2))
-    from app.pipeline.decode import sha256_hex
+    from app.core.files import sha256_hex
 
     orphan = service.store.photos.put(orphan_data, sha256_hex(orphan_data), "JPEG")
     temp = orphan.parent / ".tmp-half-written.jpg.x1"
@@ -58,7 +58,7 @@ def test_orphan_and_temp_files_are_removed_at_start(service, settings, encoder):
 
 def test_clean_up_never_takes_a_file_whose_writer_has_not_committed_yet(service, settings):
     data = jpeg_bytes(random_photo(3))
-    from app.pipeline.decode import sha256_hex
+    from app.core.files import sha256_hex
 
     writing = threading.Event()
     release = threading.Event()

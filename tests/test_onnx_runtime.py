@@ -16,8 +16,9 @@ import torch
 
 from app.core.config import Settings
 from app.embedding import create_encoder, create_torch_encoder
-from app.embedding.runtimes import onnx as onnx_runtime
-from app.embedding.runtimes.onnx import ExportRefused, OnnxImageEncoder, export_onnx, export_paths
+from app.embedding import export
+from app.embedding.export import ExportRefused, export_onnx, export_paths
+from app.embedding.runtimes.onnx import OnnxImageEncoder
 from app.core.errors import IndexModelMismatch, ModelUnavailable
 from app.service import MatchingService, PhotoInput
 from tests.conftest import coin_query, jpeg_bytes, png_bytes
@@ -114,7 +115,7 @@ def test_export_of_changed_weights_is_refused(clip_setup, tmp_path):
 
 def test_export_below_the_parity_threshold_is_refused_and_installs_nothing(tmp_path, monkeypatch):
     # efficientnet-lite0 (real weights) exports faithfully; a threshold above cosine 1 cannot be met.
-    monkeypatch.setattr(onnx_runtime, "FP32_MIN_COSINE", 1.0001)
+    monkeypatch.setattr(export, "FP32_MIN_COSINE", 1.0001)
     settings = Settings(model="efficientnet-lite0", models_dir=tmp_path, device="cpu")
     encoder = create_torch_encoder(settings)
     with pytest.raises(ExportRefused, match="below the required 1.0001"):

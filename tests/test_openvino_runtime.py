@@ -16,8 +16,9 @@ import pytest
 from app.core.config import Settings
 from app.embedding import create_encoder, create_torch_encoder
 from app.embedding.runtimes import openvino as openvino_runtime
-from app.embedding.runtimes.onnx import ExportRefused, export_paths
-from app.embedding.runtimes.openvino import OpenVinoImageEncoder, export_openvino
+from app.embedding import export
+from app.embedding.export import ExportRefused, export_openvino, export_paths
+from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 from app.core.errors import ModelUnavailable
 from tests.conftest import random_photo
 
@@ -99,7 +100,7 @@ def test_export_below_the_parity_threshold_is_refused(ov_setup, monkeypatch):
     settings, torch_encoder, meta = ov_setup
     _, sidecar = export_paths(settings.models_dir, MODEL, "openvino")
     before = sidecar.read_text()
-    monkeypatch.setattr(openvino_runtime, "FP32_MIN_COSINE", 1.0001)
+    monkeypatch.setattr(export, "FP32_MIN_COSINE", 1.0001)
     with pytest.raises(ExportRefused, match="below the required 1.0001"):
         export_openvino(torch_encoder, MODEL, settings.models_dir)
     assert sidecar.read_text() == before  # the earlier, passing check stays as it was

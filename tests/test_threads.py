@@ -82,7 +82,7 @@ def test_the_api_process_applies_its_share_to_every_library(tmp_path, env, expec
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from app.embedding import create_torch_encoder
-    from app.embedding.runtimes.openvino import export_openvino
+    from app.embedding.export import export_openvino
 
     models_dir = tmp_path_factory.mktemp("threads") / "models"
     settings = Settings(model=MODEL, models_dir=models_dir, device="cpu")

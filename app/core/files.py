@@ -1,8 +1,9 @@
-"""Crash-safe file writes and inter-process locks for the data directory."""
+"""Files: crash-safe writes, inter-process locks for the data directory, SHA-256 of bytes and files."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -40,3 +41,17 @@ def file_lock(path: Path, shared: bool = False):
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 that names a photo (content-addressed store, duplicate checks)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks (model weights and exports are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

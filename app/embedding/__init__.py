@@ -1,13 +1,19 @@
-"""Choosing and building the image encoder from settings."""
+"""Choosing and building the image encoder from settings.
+
+``models/`` says what is embedded (CLIP, the offline EfficientNet-Lite), ``runtimes/`` how it runs
+(torch, ONNX Runtime, OpenVINO, micro-batching), ``export.py`` makes and checks the exported files.
+This factory joins them, and holds the one routing policy: an fp32 ONNX export runs searches on ONNX
+Runtime and batches on OpenVINO's throughput plan of the same file, where that plan was checked.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from app.core.config import Settings
+from app.core.errors import ConfigError
 from app.embedding.base import ImageEncoder, ModelFingerprint
 from app.embedding.models.clip import ClipSpec, find_clip_weights
-from app.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def create_serving_encoder(settings: Settings) -> ImageEncoder:
 def _create_exported_encoder(settings: Settings) -> ImageEncoder:
     """The exported model; found from settings alone, so that torch is never imported."""
     from app.core.threads import intra_op_threads
-    from app.embedding.runtimes.onnx import OnnxImageEncoder, has_export
+    from app.embedding.runtimes.onnx import BatchRoute, OnnxImageEncoder, has_export
 
     if settings.device == "cuda":
         raise ConfigError(f"HM_RUNTIME={settings.runtime} runs on CPU; use HM_RUNTIME=torch with HM_DEVICE=cuda.")
@@ -82,8 +88,16 @@ def _create_exported_encoder(settings: Settings) -> ImageEncoder:
 
         return OpenVinoImageEncoder.from_models_dir(spec, settings.models_dir, batch_size=batch_size_for(settings),
                                                     threads=threads)
-    return OnnxImageEncoder.from_models_dir(spec, settings.models_dir, settings.runtime,
-                                            batch_size=batch_size_for(settings), threads=threads)
+    encoder = OnnxImageEncoder.from_models_dir(spec, settings.models_dir, settings.runtime,
+                                               batch_size=batch_size_for(settings), threads=threads)
+    if settings.runtime == "onnx":
+        # fp32 only: batches (index rebuilds, imports, scans) measured faster on OpenVINO's throughput plan
+        # of this same file than on ONNX Runtime on 2 cores (docs/BENCHMARKS.md); same vectors, within
+        # the cosine its export check measured. The int8 file has no such plan.
+        from app.embedding.runtimes.openvino import THROUGHPUT_MIN_BATCH, throughput_encoder_for
+
+        encoder.batches = BatchRoute(lambda: throughput_encoder_for(encoder), THROUGHPUT_MIN_BATCH)
+    return encoder
 
 
 CPU_BATCH_SIZE = 16

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.core.files import sha256_file
 from app.embedding.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,7 @@ def file_sha256(path: Path) -> str:
             return cached["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     with _hash_lock:
         _hash_memo[key] = digest
     if st.st_size < _SIDECAR_MIN_BYTES:

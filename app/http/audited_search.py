@@ -6,10 +6,13 @@ the same search, filtered and recorded the same way, as one from a script.
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
+
 from app.core.errors import AppError
-from app.pipeline.decode import sha256_hex
-from app.schemas import SearchResponse
-from app.security.actor import Principal
+from app.core.files import sha256_hex
+from app.schemas import SearchResponse, photo_url
+from app.security.actor import Principal, current_principal
 from app.security.audit import AuditLog
 from app.security.roles import VISIBLE_VERDICTS, Role
 from app.service import MatchingService
@@ -30,6 +33,17 @@ def audited_search(service: MatchingService, audit: AuditLog, principal: Princip
         response.results = [r for r in response.results if r.verdict in visible]
     if principal.role == Role.monitor:
         for r in response.results:  # a monitor sees thumbnails only
-            r.photo_url = f"/v1/photos/{r.photo_id}?size=thumb"
+            r.photo_url = photo_url(r.photo_id, thumb=True)
     response.audit_id = audit.record_search(response, principal=principal)
     return response
+
+
+async def record_refused_search(scope: Scope, outcome: str) -> None:
+    """An API search refused before its route ran (too large, invalid parameters): audited as
+    ``audited_search`` audits the searches it refuses, under the key that sent it."""
+    state = scope["app"].state if "app" in scope else None
+    audit, service = getattr(state, "audit", None), getattr(state, "service", None)
+    if audit is None or service is None:
+        return
+    await run_in_threadpool(audit.record_search, outcome=outcome, fingerprint=service.fingerprint,
+                            principal=current_principal())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Callable, Iterator
 from pydantic import ValidationError
 
 from app.core.errors import AppError
+from app.core.files import sha256_hex
 from app.core.jsonl import object_lines
 from app.registry.photos import EXTENSIONS
 from app.schemas import RECORD_FIELDS, ArtefactCreate
@@ -166,7 +166,7 @@ def _import_row(service: MatchingService, base: Path, row: dict, report: ImportR
         return
     changes = {k: v for k, v in fields.items() if k in row and getattr(existing, k) != v}
     have = {p.sha256 for p in existing.photos}
-    new = [PhotoInput(d, v, lbl) for d, v, lbl in files if hashlib.sha256(d).hexdigest() not in have]
+    new = [PhotoInput(d, v, lbl) for d, v, lbl in files if sha256_hex(d) not in have]
     if new:
         service.add_photos(existing.id, new)
         report.photos_added += len(new)

@@ -7,7 +7,6 @@ for a 12 MP photo on 2 cores) while staying at least ``min_side`` pixels on thei
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import BadImage, ImageTooLarge
+from app.core.files import sha256_hex
 
 try:  # HEIC/HEIF: the format of most iPhone photos
     import pillow_heif
@@ -54,10 +54,6 @@ class DecodedImage:
     # The model-independent part of a search (``app.pipeline.signature.PhotoAnalysis``), when a decode
     # worker already computed it: scans do it beside decoding, off the process that embeds.
     analysis: object | None = None
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def decode_image(
@@ -156,7 +152,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def thumbnail_jpeg(img: Image.Image, size: int = 256, quality: int = 85) -> bytes:
+THUMB_SIZE = 256  # the long side of a thumbnail (registry photos for monitors, scan and case reports)
+
+
+def thumbnail_jpeg(img: Image.Image, size: int = THUMB_SIZE, quality: int = 85) -> bytes:
     thumb = img.copy()
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()

@@ -1,6 +1,6 @@
 """OpenVINO on CPU for the image encoder, reading the fp32 ONNX export directly.
 
-OpenVINO compiles the same ``.onnx`` file that ``HM_RUNTIME=onnx`` runs; ``export_openvino`` checks
+OpenVINO compiles the same ``.onnx`` file that ``HM_RUNTIME=onnx`` runs; ``app.embedding.export`` checks
 its output against torch on real photos (cosine >= 0.9999, as for ONNX fp32) and records that in its
 own sidecar (``<model>.openvino.json`` beside the ``.onnx``). Refused below the threshold, nothing is
 written. Its vectors then share torch's fingerprint. Like the ONNX backend, it never imports torch.
@@ -17,14 +17,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from app.embedding.base import ImageEncoder, file_sha256
-from app.embedding.runtimes.onnx import (
-    BATCH_MIN_IMAGES, FP32_MIN_COSINE, OnnxImageEncoder, check_parity, export_onnx, export_paths, has_export,
-    parity_images,
-)
 from app.core.errors import ModelUnavailable
+from app.embedding.base import file_sha256
+from app.embedding.runtimes.onnx import OnnxImageEncoder, export_paths
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +28,9 @@ RUNTIME = "openvino"
 # LATENCY: one stream using every thread, best for one search at a time. THROUGHPUT: several streams,
 # each running its share of a batch at once, best for batches (scans, index rebuilds).
 HINTS = ("LATENCY", "THROUGHPUT")
-# From this many images a forward pass goes to the throughput-compiled model (when the hint is adaptive).
-THROUGHPUT_MIN_BATCH = BATCH_MIN_IMAGES
+# From this many images a forward pass goes to the throughput-compiled model (when the hint is adaptive),
+# and an fp32 ONNX Runtime encoder sends its batches here (``app.embedding``).
+THROUGHPUT_MIN_BATCH = 4
 
 
 class _Compiled:
@@ -95,7 +92,7 @@ class OpenVinoImageEncoder(OnnxImageEncoder):
 
     def __init__(self, path: Path, meta: dict, batch_size: int = 16, threads: int | None = None,
                  hint: str | None = None):
-        super().__init__(path, meta, batch_size=batch_size, threads=threads, batches_on_openvino=False)
+        super().__init__(path, meta, batch_size=batch_size, threads=threads)
         if hint is not None and hint not in HINTS:
             raise ValueError(f"unknown OpenVINO performance hint {hint!r}: use one of {', '.join(HINTS)}")
         self.hint = hint
@@ -168,29 +165,19 @@ class OpenVinoImageEncoder(OnnxImageEncoder):
         return self._compiled_for(hint).run(batch)
 
 
-def export_openvino(source: ImageEncoder, model: str, models_dir: Path,
-                    images: list[Image.Image] | None = None) -> dict:
-    """Check OpenVINO on the fp32 ONNX export of ``source`` against torch, record it; returns the sidecar.
-
-    Makes the fp32 ONNX export first if it is missing. Raises ExportRefused, writing nothing, when
-    OpenVINO's cosine to torch is below ``FP32_MIN_COSINE``.
-    """
-    if not has_export(models_dir, model, "onnx"):
-        export_onnx(source, model, models_dir)
-    path, onnx_sidecar = export_paths(models_dir, model, "onnx")
-    _, sidecar = export_paths(models_dir, model, RUNTIME)
-    meta = {**json.loads(onnx_sidecar.read_text()), "runtime": RUNTIME}
-    if meta["source"]["weights_sha256"] != source.fingerprint.weights_sha256:  # an export of older weights
-        export_onnx(source, model, models_dir)
-        meta = {**json.loads(onnx_sidecar.read_text()), "runtime": RUNTIME}
-    images = images or parity_images()
-    expected = source.embed(images)
-    # Both plans: searches run on the latency one, batches on the throughput one.
-    cosines = np.min([np.sum(expected * OpenVinoImageEncoder(path, meta, batch_size=source.batch_size, hint=hint)
-                             .embed(images), axis=1) for hint in HINTS], axis=0)
-    meta["parity"] = check_parity(cosines, FP32_MIN_COSINE, f"OpenVINO on the export of {model}")
-    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, sidecar)
-    log.info("OpenVINO runs %s from %s (cosine to torch >= %.5f)", model, path, cosines.min())
-    return meta
+def throughput_encoder_for(onnx: OnnxImageEncoder) -> OpenVinoImageEncoder | None:
+    """OpenVINO's throughput plan of an fp32 export, where `models export --openvino` checked this very
+    file; None where it did not, or where OpenVINO cannot load it (ONNX Runtime then runs the batches)."""
+    _, sidecar = export_paths(onnx.path.parent.parent, onnx.model, RUNTIME)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("onnx_sha256") != onnx.meta["onnx_sha256"]:
+        return None  # checked on another export of this model: not this file
+    try:
+        return OpenVinoImageEncoder(onnx.path, meta, batch_size=onnx.batch_size, threads=onnx.threads,
+                                    hint="THROUGHPUT").load()
+    except Exception as exc:  # OpenVINO missing or failing: ONNX Runtime runs the batches as before
+        log.warning("batches stay on ONNX Runtime: OpenVINO could not load %s (%s)", onnx.path.name, exc)
+        return None
