@@ -18,8 +18,6 @@ from PIL import Image
 from app.pipeline.features import LocalFeatures, extract_features
 from app.pipeline.regions import Box, propose_regions
 
-# Bump when any signature changes meaning: stored signatures of an older version are recomputed.
-SIGNATURE_VERSION = 2
 PHASH_BITS = 64
 # Hue x saturation histogram of the coloured pixels; value (brightness) is left out so lighting
 # matters less. Grey, white and black pixels have no reliable hue (a slight colour cast turns a grey
@@ -38,6 +36,11 @@ class VisualSignature:
 
     def colour_bytes(self) -> bytes:
         return self.colour.astype(np.float16).tobytes()
+
+    def features_bytes(self) -> bytes:
+        if self.features is None:
+            raise ValueError("this signature has no local features to store")
+        return self.features.to_bytes()
 
 
 def perceptual_hash(image: Image.Image) -> int:

@@ -18,11 +18,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+from app.core.db import Base, utcnow
 
 
 class ArtefactStatus(str, enum.Enum):
@@ -33,10 +31,6 @@ class ArtefactStatus(str, enum.Enum):
     at_risk = "at_risk"
     in_custody = "in_custody"
     recovered = "recovered"
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class Artefact(Base):
@@ -115,6 +109,11 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian
 
     photo: Mapped[Photo] = relationship(back_populates="embeddings")
+
+
+# The version of the signatures the search computes (app/pipeline/signature.py): bump it when any
+# signature changes meaning, and stored signatures of an older version are recomputed.
+SIGNATURE_VERSION = 2
 
 
 class PhotoSignature(Base):

@@ -13,6 +13,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.core.errors import Conflict, NotFound
-from app.registry.models import Artefact, Base, Embedding, Photo, PhotoSignature
+from app.core.db import create_tables
+from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
-from app.security import models as _security_tables  # noqa: F401  (keys and audit tables: create_all)
-from app.security.audit import install_append_only_triggers, record_event
-from app.pipeline.signature import SIGNATURE_VERSION, VisualSignature
+from app.security.audit import record_event
 from app.core.files import file_lock
 
 log = logging.getLogger(__name__)
+
+
+class StorableSignature(Protocol):
+    """What the store keeps of a photo's signature (``app.pipeline.signature.VisualSignature``)."""
+
+    phash: int
+
+    def colour_bytes(self) -> bytes: ...
+
+    def features_bytes(self) -> bytes: ...
 
 
 @dataclass
@@ -42,7 +52,7 @@ class NewPhoto:
     height: int
     vector: np.ndarray | None
     view: str | None = None
-    signature: "VisualSignature | None" = None
+    signature: StorableSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,8 @@ class RegistryStore:
         self.engine = create_engine(db_url, connect_args=connect_args)
         if db_url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        install_append_only_triggers(self.engine)
+        # The registry's tables and, through record_event's module, those of the keys and the audit trail.
+        create_tables(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.photos = PhotoStore(photo_root)
         self._write_lock_path = self.photos.root / ".write.lock"
@@ -360,7 +370,7 @@ class RegistryStore:
                 PhotoSignature.photo_id.in_(photo_ids), PhotoSignature.version == SIGNATURE_VERSION))
             return {r.photo_id: r for r in rows}
 
-    def put_signatures(self, items: list[tuple[int, VisualSignature]]) -> None:
+    def put_signatures(self, items: list[tuple[int, StorableSignature]]) -> None:
         with self.sessions.begin() as s:
             for photo_id, sig in items:
                 if s.get(Photo, photo_id) is not None:  # the photo may have been deleted meanwhile
@@ -392,9 +402,9 @@ def _embedding_row(photo_id: int, fingerprint: str, vector: np.ndarray) -> Embed
     return Embedding(photo_id=photo_id, model_fingerprint=fingerprint, dim=int(vec.size), vector=vec.tobytes())
 
 
-def _signature_row(photo_id: int, sig: VisualSignature) -> PhotoSignature:
+def _signature_row(photo_id: int, sig: StorableSignature) -> PhotoSignature:
     return PhotoSignature(photo_id=photo_id, version=SIGNATURE_VERSION, phash=sig.phash,
-                          colour=sig.colour_bytes(), features=sig.features.to_bytes())
+                          colour=sig.colour_bytes(), features=sig.features_bytes())
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

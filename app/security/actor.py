@@ -26,6 +26,8 @@ class Principal:
 
 
 LOCAL = Principal(key_id=None, name="local", role=Role.admin)
+# Without HM_AUTH every request, API or web, acts as this admin (a single-user machine only).
+ANONYMOUS = Principal(key_id=None, name="anonymous", role=Role.admin)
 _current: ContextVar[Principal] = ContextVar("heritage_match_principal", default=LOCAL)
 
 

@@ -13,35 +13,12 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sqlalchemy import event as sa_event, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.security.actor import Principal, current_principal
 from app.security.models import AuditEvent, AuditResult
 from app.security.roles import GRANTING_VERDICTS, Role
-
-APPEND_ONLY_TRIGGERS = [
-    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
-    f"BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
-    for table in ("audit_events", "audit_results") for verb in ("UPDATE", "DELETE")
-] + [
-    # INSERT OR REPLACE deletes the old row without firing DELETE triggers (SQLite fires them only with
-    # recursive triggers on): an insert onto an existing key is refused instead.
-    f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN EXISTS "
-    f"(SELECT 1 FROM {table} WHERE {key}) BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
-    for table, key in (("audit_events", "id = NEW.id"),
-                       ("audit_results", "audit_id = NEW.audit_id AND rank = NEW.rank"))
-]
-
-
-def install_append_only_triggers(engine: Engine) -> None:
-    if engine.dialect.name != "sqlite":
-        return  # other databases: grant the service's role INSERT and SELECT only on these tables
-    with engine.begin() as conn:
-        for ddl in APPEND_ONLY_TRIGGERS:
-            conn.execute(text(ddl))
-
 
 def record_event(
     s: Session,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from app.core.errors import AppError, NotFound
-from app.registry.models import utcnow
+from app.core.db import utcnow
 from app.security.actor import Principal
 from app.security.audit import record_event
 from app.security.models import ApiKey

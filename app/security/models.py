@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.registry.models import Base, utcnow
+from app.core.db import APPEND_ONLY, Base, utcnow
 
 
 class ApiKey(Base):
@@ -27,9 +27,10 @@ class ApiKey(Base):
 
 class AuditEvent(Base):
     """One search or registry change. Append-only: nothing in the code updates or deletes a row, and
-    on SQLite triggers refuse it."""
+    on SQLite triggers refuse it (``app.core.db``)."""
 
     __tablename__ = "audit_events"
+    __table_args__ = {"info": {APPEND_ONLY: ("id",)}}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
@@ -51,6 +52,7 @@ class AuditResult(Base):
     """A search's results, one row each, so "did this key's searches match artefact X" is one query."""
 
     __tablename__ = "audit_results"
+    __table_args__ = {"info": {APPEND_ONLY: ("audit_id", "rank")}}
 
     audit_id: Mapped[int] = mapped_column(ForeignKey("audit_events.id"), primary_key=True)
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
