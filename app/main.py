@@ -1,46 +1,39 @@
-"""The FastAPI application: routers, error format, start-up."""
+"""The application: the API's router and the web pages on one FastAPI app, behind the shared
+middleware and error handlers of ``app.http``, around one ``MatchingService`` started with the app."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from fastapi.middleware.cors import CORSMiddleware
-
-from app.api.deps import PROTECTED_RESPONSES
-from app.http.middleware import (
-    SEARCH_PATH, Authenticate, BodySizeLimit, SecurityHeaders, record_refused_search, web_error_page,
-)
-from app.api.routes import artefacts, health, index, keys, photos, search
+from app.api.main import MULTI_PHOTO_PATHS as API_MULTI_PHOTO_PATHS
+from app.api.main import api_router
 from app.core.config import Settings, get_settings
 from app.core.threads import apply_thread_limits, intra_op_threads
 from app.embedding import create_serving_encoder
-from app.core.errors import AppError
+from app.http.errors import install_error_handlers
+from app.http.middleware import Authenticate, BodySizeLimit, SecurityHeaders
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.security.ratelimit import RateLimiter
 from app.service import MatchingService
-from app.web import mount_web
+from app.web.main import MULTI_PHOTO_PATHS as WEB_MULTI_PHOTO_PATHS
+from app.web.main import mount_web
 
 log = logging.getLogger(__name__)
-
-
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None, service: MatchingService | None = None) -> FastAPI:
     settings = settings or (service.settings if service is not None else get_settings())
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = service is None
         if owned:
             threads = intra_op_threads(settings)
@@ -74,37 +67,14 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         lifespan=lifespan,
     )
 
-    @app.exception_handler(AppError)
-    async def _app_error(_: Request, exc: AppError):
-        return error_response(exc.status_code, exc.code, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        page = web_error_page(request, 422)
-        if page is not None:
-            return page
-        if request.url.path == SEARCH_PATH:
-            await record_refused_search(request.scope, "validation_error")
-        parts = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return error_response(422, "validation_error", "; ".join(parts) or "Invalid request.")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        page = web_error_page(request, exc.status_code)
-        if page is not None:
-            return page
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                              headers=getattr(exc, "headers", None))
+    install_error_handlers(app)
 
     # Added innermost first: headers wrap everything, CORS answers preflights before authentication,
     # authentication refuses before the size limit lets any body in.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20),  # room for multipart headers
                        limit_mb=settings.max_upload_mb, multi_limit=settings.max_request_bytes + (1 << 20),
-                       multi_limit_mb=settings.max_request_bytes / (1 << 20))
+                       multi_limit_mb=settings.max_request_bytes / (1 << 20),
+                       multi_paths=API_MULTI_PHOTO_PATHS + WEB_MULTI_PHOTO_PATHS)
     # One limiter for the API and the web pages: a key's searches count alike wherever they come from.
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     # Guessing keys, through the API or the sign-in page, is slowed per client address.
@@ -116,8 +86,6 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(SecurityHeaders)
 
-    app.include_router(health.router)
-    for module in (search, artefacts, photos, keys, index):
-        app.include_router(module.router, responses=PROTECTED_RESPONSES)
+    app.include_router(api_router)
     mount_web(app, settings)
     return app

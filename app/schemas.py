@@ -11,6 +11,14 @@ from app.registry.models import ArtefactStatus
 
 Verdict = Literal["match", "possible", "no_match"]
 
+# Where the API serves registry photos (``app/api/routes/photos.py``): every photo link says it this way.
+PHOTOS_PATH = "/v1/photos"
+
+
+def photo_url(photo_id: int, thumb: bool = False) -> str:
+    return f"{PHOTOS_PATH}/{photo_id}" + ("?size=thumb" if thumb else "")
+
+
 # The database stores UTC without a zone; the API says so (RFC 3339 needs the offset).
 UtcDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc))]
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from app.registry.models import Artefact, Photo
-from app.schemas import RECORD_FIELDS, ArtefactOut, PhotoOut
+from app.schemas import RECORD_FIELDS, ArtefactOut, PhotoOut, photo_url
 from app.service import MatchingService
 
 
 def photo_out(photo: Photo, indexed: bool) -> PhotoOut:
     return PhotoOut(
         id=photo.id, artefact_id=photo.artefact_id, sha256=photo.sha256, view=photo.view, width=photo.width,
-        height=photo.height, format=photo.format, indexed=indexed, url=f"/v1/photos/{photo.id}",
-        thumbnail_url=f"/v1/photos/{photo.id}?size=thumb",
+        height=photo.height, format=photo.format, indexed=indexed, url=photo_url(photo.id),
+        thumbnail_url=photo_url(photo.id, thumb=True),
     )
 
 

@@ -9,35 +9,28 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import BAD_KEY_MESSAGE, NO_KEY_MESSAGE
-from app.security.actor import Principal, current_principal, reset_principal, set_principal
+from app.http.audited_search import record_refused_search
+from app.http.errors import SEARCH_PATH, error_body, web_error_page
+from app.http.requests import BAD_KEY_MESSAGE, NO_KEY_MESSAGE
+from app.security.actor import ANONYMOUS, Principal, reset_principal, set_principal
 from app.security.ratelimit import RateLimiter
-from app.security.roles import Role
 
 log = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/v1"
-SEARCH_PATH = "/v1/search"
-# Requests that may carry several photos get the larger limit (each photo is still checked on its own).
-MULTI_PHOTO_PATHS = re.compile(r"^(/v1/artefacts/\d+/photos|/registry/new|/registry/\d+/photos)/?$")
-ANONYMOUS = Principal(key_id=None, name="anonymous", role=Role.admin)
 
 # The docs pages need their inline start-up script; everything else may load nothing at all.
 HTML_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 OTHER_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
-
-
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
 
 
 class SecurityHeaders:
@@ -147,18 +140,20 @@ class BodySizeLimit:
 
     The multipart parser would otherwise spool a whole chunked upload to disk before any route
     could look at its size. Over the limit, reading stops and the answer is 413 whatever the inner
-    app made of the cut-off body.
+    app made of the cut-off body. Requests to ``multi_paths`` (regular expressions of paths that may
+    carry several photos, each still checked on its own) get ``multi_limit``.
     """
 
     def __init__(self, app: ASGIApp, limit: int, limit_mb: float, multi_limit: int | None = None,
-                 multi_limit_mb: float | None = None):
+                 multi_limit_mb: float | None = None, multi_paths: Iterable[str] = ()):
         self.app = app
         self.limits = {False: (limit, limit_mb), True: (multi_limit or limit, multi_limit_mb or limit_mb)}
+        self.multi_paths = re.compile("^(" + "|".join(multi_paths) + ")/?$") if multi_paths else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit, limit_mb = self.limits[bool(MULTI_PHOTO_PATHS.match(scope["path"]))]
+        limit, limit_mb = self.limits[bool(self.multi_paths and self.multi_paths.match(scope["path"]))]
         length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return await self._refuse(scope, receive, send, limit_mb)
@@ -201,24 +196,6 @@ class BodySizeLimit:
                                                                   f"{limit_mb:g} MB."), status_code=413)
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
-
-
-async def record_refused_search(scope: Scope, outcome: str) -> None:
-    """An API search refused before its route ran (too large, invalid parameters): audited as the route
-    audits the searches it refuses, under the key that sent it."""
-    state = scope["app"].state if "app" in scope else None
-    audit, service = getattr(state, "audit", None), getattr(state, "service", None)
-    if audit is None or service is None:
-        return
-    await run_in_threadpool(audit.record_search, outcome=outcome, fingerprint=service.fingerprint,
-                            principal=current_principal())
-
-
-def web_error_page(request: Request, status: int, **values) -> Response | None:
-    """The web interface's translated page for an HTTP error on one of its paths (``mount_web`` puts
-    the renderer in the app's state); None on the API's paths, which answer JSON."""
-    render = getattr(request.app.state, "web_http_error", None) if "app" in request.scope else None
-    return render(request, status, **values) if render is not None else None
 
 
 class BodyTooLarge(Exception):

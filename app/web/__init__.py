@@ -1,29 +1,4 @@
-"""The web interface: photo search for officers, case reports, registrar pages; English, Arabic, French."""
+"""The web interface: photo search for officers, case reports, registrar pages; English, Arabic, French.
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
-
-from app.core.config import Settings
-from app.web.pages import WebError, web_error_page, web_http_error
-from app.web.routes import photos, registry, search, signin
-from app.web.searches import SearchKeeper
-from app.web.session import SessionCodec
-
-STATIC = Path(__file__).parent / "static"
-ROUTERS = (signin.router, search.router, registry.router, photos.router)
-
-
-def mount_web(app: FastAPI, settings: Settings) -> None:
-    """Add the web pages to the API's app (server-rendered, outside /v1, never in the OpenAPI schema)."""
-    app.state.web_auth = settings.auth  # the app's settings: a shared service may carry other ones
-    app.state.web_sessions = SessionCodec(settings)
-    app.state.web_searches = SearchKeeper(settings.data_dir, settings.web_searches_kept)
-    app.add_exception_handler(WebError, web_error_page)
-    app.state.web_http_error = web_http_error  # the API's handlers answer web paths with these pages
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for router in ROUTERS:
-        app.include_router(router)
+``main.py`` mounts it on the app; ``pages.py`` holds what every page shares; ``routes/`` the pages.
+"""

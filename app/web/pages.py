@@ -13,8 +13,8 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from app.security.actor import Principal
-from app.security.roles import Permission, Role
+from app.security.actor import ANONYMOUS
+from app.security.roles import Permission
 from app.web import i18n
 from app.web.i18n import N_
 from app.web.session import SessionCodec, WebSession, WebUser
@@ -22,8 +22,6 @@ from app.web.session import SessionCodec, WebSession, WebUser
 TEMPLATES = Path(__file__).parent / "templates"
 WEB_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-# Without HM_AUTH every request is an admin: so is every web visitor (a single-user machine only).
-NO_AUTH_PRINCIPAL = Principal(key_id=None, name="anonymous", role=Role.admin)
 
 templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                         trim_blocks=True, lstrip_blocks=True)
@@ -65,7 +63,7 @@ def current_user(request: Request) -> WebUser | None:
     """The signed-in user, with its key read again now: a revoked key signs the session out."""
     session = web_session(request)
     if not request.app.state.web_auth:
-        return WebUser(session, NO_AUTH_PRINCIPAL)
+        return WebUser(session, ANONYMOUS)
     if session.key_id is None or request.app.state.web_searches.session_ended(session.sid):
         return None  # not signed in, or a copy of a cookie whose session was signed out
     principal = request.app.state.keys.principal_by_id(session.key_id)

@@ -1,44 +1,42 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import DB_ID_MAX, get_audit, get_service, id_path, read_upload, require
+from app.api.deps import DB_ID_MAX, ArtefactId, ArtefactReader, AuditDep, ServiceDep, allowed
 from app.api.presenters import artefact_outs
 from app.core.errors import AppError
 from app.registry.models import ArtefactStatus
 from app.registry.store import ArtefactFilter
 from app.schemas import ArtefactCreate, ArtefactOut, ArtefactPage, ArtefactUpdate, ErrorResponse, PhotoOut
 from app.registry.access import readable_artefact
-from app.security.actor import Principal
-from app.security.audit import AuditLog
 from app.security.roles import Permission
-from app.service import MatchingService, PhotoInput
+from app.http.requests import MAX_PHOTOS_PER_REQUEST, read_upload
+from app.service import PhotoInput
 
 router = APIRouter(prefix="/v1/artefacts", tags=["artefacts"])
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such artefact."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "Inventory number already registered."}}
-MAX_PHOTOS_PER_REQUEST = 50
-WRITE = [Depends(require(Permission.write_registry))]
+WRITE = allowed(Permission.write_registry)
 
 
 @router.post("", response_model=ArtefactOut, status_code=201, responses=CONFLICT, dependencies=WRITE)
-def create_artefact(body: ArtefactCreate, service: MatchingService = Depends(get_service)) -> ArtefactOut:
+def create_artefact(body: ArtefactCreate, service: ServiceDep) -> ArtefactOut:
     """Register an artefact record; add its photos with POST /v1/artefacts/{id}/photos."""
     artefact = service.register_artefact(body.model_dump(mode="python"), [])
     return artefact_outs(service, [artefact])[0]
 
 
-@router.get("", response_model=ArtefactPage, dependencies=[Depends(require(Permission.list_registry))])
+@router.get("", response_model=ArtefactPage, dependencies=allowed(Permission.list_registry))
 def list_artefacts(
+    service: ServiceDep,
     status: ArtefactStatus | None = None,
     institution: str | None = Query(None, max_length=300),
     type: str | None = Query(None, max_length=200, description="Category or specific type."),
     q: str | None = Query(None, max_length=200, description="Text in title, inventory number, description..."),
     offset: int = Query(0, ge=0, le=DB_ID_MAX),
     limit: int = Query(50, ge=1, le=500),
-    service: MatchingService = Depends(get_service),
 ) -> ArtefactPage:
     flt = ArtefactFilter(status=status.value if status else None, institution=institution, object_type=type, text=q)
     rows, total = service.list_artefacts(flt, offset, limit)
@@ -47,10 +45,7 @@ def list_artefacts(
 
 @router.get("/{artefact_id}", response_model=ArtefactOut, responses=NOT_FOUND)
 def get_artefact(
-    artefact_id: int = id_path("artefact"),
-    principal: Principal = Depends(require(Permission.read_any_artefact, Permission.read_matched_artefact)),
-    service: MatchingService = Depends(get_service),
-    audit: AuditLog = Depends(get_audit),
+    artefact_id: ArtefactId, principal: ArtefactReader, service: ServiceDep, audit: AuditDep
 ) -> ArtefactOut:
     """The record; an officer reads only artefacts its own searches matched."""
     return artefact_outs(service, [readable_artefact(principal, artefact_id, service.store, audit)])[0]
@@ -58,14 +53,14 @@ def get_artefact(
 
 @router.patch("/{artefact_id}", response_model=ArtefactOut, responses={**NOT_FOUND, **CONFLICT}, dependencies=WRITE)
 def update_artefact(
-    body: ArtefactUpdate, artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)
+    body: ArtefactUpdate, artefact_id: ArtefactId, service: ServiceDep
 ) -> ArtefactOut:
     changes = body.model_dump(mode="python", exclude_unset=True)
     return artefact_outs(service, [service.update_artefact(artefact_id, changes)])[0]
 
 
 @router.delete("/{artefact_id}", status_code=204, responses=NOT_FOUND, dependencies=WRITE)
-def delete_artefact(artefact_id: int = id_path("artefact"), service: MatchingService = Depends(get_service)) -> Response:
+def delete_artefact(artefact_id: ArtefactId, service: ServiceDep) -> Response:
     service.delete_artefact(artefact_id)
     return Response(status_code=204)
 
@@ -80,10 +75,10 @@ def delete_artefact(artefact_id: int = id_path("artefact"), service: MatchingSer
     dependencies=WRITE,
 )
 async def add_photos(
-    artefact_id: int = id_path("artefact"),
+    artefact_id: ArtefactId,
+    service: ServiceDep,
     image: list[UploadFile] = File(..., description="One or more photos of the artefact."),
     view: str | None = Form(None, max_length=100, description="View label: front, back, detail..."),
-    service: MatchingService = Depends(get_service),
 ) -> list[PhotoOut]:
     """Add photos; all are stored and indexed together, or none if one is unreadable."""
     if len(image) > MAX_PHOTOS_PER_REQUEST:

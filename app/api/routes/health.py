@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import get_service
+from app.api.deps import ServiceDep
 from app.schemas import Health, Readiness
-from app.service import MatchingService
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz(service: MatchingService = Depends(get_service)) -> Health:
+def healthz(service: ServiceDep) -> Health:
     """Liveness, the active model and its fingerprint, and the index state."""
     return Health(
         status="ok",
@@ -23,7 +22,7 @@ def healthz(service: MatchingService = Depends(get_service)) -> Health:
 
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "Not ready: no index, or one of another model."}})
-def readyz(service: MatchingService = Depends(get_service)):
+def readyz(service: ServiceDep):
     """Ready when the model is loaded and the index is usable with it (200), else 503 with the same body."""
     status = service.index_status()
     ready = bool(status.get("loaded") and status.get("matches_model"))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from app.api.deps import id_path, require
+from app.api.deps import KeyId, allowed
 from app.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ErrorResponse
 from app.security.roles import Permission
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require(Permission.manage_keys))])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=allowed(Permission.manage_keys))
 
 
 @router.get("", response_model=list[ApiKeyOut])
@@ -26,6 +26,6 @@ def create_key(body: ApiKeyCreate, request: Request) -> ApiKeyCreated:
 
 
 @router.delete("/{key_id}", response_model=ApiKeyOut, responses={404: {"model": ErrorResponse, "description": "No such key."}})
-def revoke_key(request: Request, key_id: int = id_path("key")) -> ApiKeyOut:
+def revoke_key(request: Request, key_id: KeyId) -> ApiKeyOut:
     """Revoke a key: its next request is refused. The row stays for the audit trail."""
     return ApiKeyOut.model_validate(request.app.state.keys.revoke(key_id), from_attributes=True)

@@ -2,20 +2,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_audit, get_service, id_path, require
-from app.pipeline.decode import decode_image, thumbnail_jpeg
-from app.schemas import ErrorResponse
+from app.api.deps import AuditDep, PhotoId, PhotoViewer, ServiceDep
+from app.pipeline.decode import THUMB_SIZE, decode_image, thumbnail_jpeg
+from app.schemas import PHOTOS_PATH, ErrorResponse
 from app.registry.access import readable_photo
-from app.security.actor import Principal
-from app.security.audit import AuditLog
-from app.security.roles import Permission
-from app.service import MatchingService
 
-router = APIRouter(prefix="/v1/photos", tags=["photos"])
-THUMB_SIZE = 256
+router = APIRouter(prefix=PHOTOS_PATH, tags=["photos"])
 
 
 @router.get(
@@ -24,12 +19,11 @@ THUMB_SIZE = 256
     responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}},
 )
 async def get_photo(
-    photo_id: int = id_path("photo"),
+    photo_id: PhotoId,
+    principal: PhotoViewer,
+    service: ServiceDep,
+    audit: AuditDep,
     size: Literal["full", "thumb"] = "full",
-    principal: Principal = Depends(require(Permission.read_any_photo, Permission.read_matched_photo,
-                                           Permission.thumb_matched_photo)),
-    service: MatchingService = Depends(get_service),
-    audit: AuditLog = Depends(get_audit),
 ) -> Response:
     """A registry photo: the stored original, or a JPEG thumbnail (256 px) with ``size=thumb``.
 

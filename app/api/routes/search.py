@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import get_audit, get_service, read_upload, require
+from app.api.deps import AuditDep, Searcher, ServiceDep
 from app.http.audited_search import audited_search
+from app.http.requests import read_upload
 from app.core.errors import AppError
 from app.schemas import ErrorResponse, SearchResponse
-from app.security.actor import Principal
-from app.security.audit import AuditLog
-from app.security.roles import Permission
-from app.service import MatchingService
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -24,12 +21,12 @@ ERRORS = {
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS)
 async def search(
+    principal: Searcher,
+    service: ServiceDep,
+    audit: AuditDep,
     image: UploadFile = File(..., description="The photo to look up (JPEG, PNG, WebP, TIFF, HEIC)."),
     top_k: int | None = Form(None, ge=1, le=100),
     top_k_query: int | None = Query(None, alias="top_k", ge=1, le=100),
-    principal: Principal = Depends(require(Permission.search)),
-    service: MatchingService = Depends(get_service),
-    audit: AuditLog = Depends(get_audit),
 ) -> SearchResponse:
     """Registered artefacts this photo may show, best first, each with a score and a verdict.
 

@@ -7,10 +7,9 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import id_path
-from app.api.routes.photos import THUMB_SIZE
+from app.http.requests import id_path
 from app.core.errors import Forbidden, NotFound
-from app.pipeline.decode import decode_image, thumbnail_jpeg
+from app.pipeline.decode import THUMB_SIZE, decode_image, thumbnail_jpeg
 from app.registry.access import readable_photo
 from app.security.roles import Permission
 from app.web.i18n import N_

@@ -6,10 +6,8 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from app.api.deps import id_path, read_upload
-from app.api.routes.artefacts import MAX_PHOTOS_PER_REQUEST
 from app.core.errors import AppError, NotFound
-from app.registry.models import ArtefactStatus
+from app.http.requests import MAX_PHOTOS_PER_REQUEST, id_path, read_upload
 from app.registry.store import ArtefactFilter
 from app.security.actor import acting_as
 from app.security.roles import Permission

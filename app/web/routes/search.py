@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from app.api.deps import read_upload
-from app.http.audited_search import audited_search
 from app.core.errors import AppError, RateLimited
+from app.http.audited_search import audited_search
+from app.http.requests import read_upload
 from app.pipeline.decode import decode_image, thumbnail_jpeg
 from app.registry.models import Artefact
 from app.schemas import SearchResult

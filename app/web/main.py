@@ -1,0 +1,32 @@
+"""The web interface on the app: its routers, static files, error pages and kept searches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.core.config import Settings
+from app.http.errors import WEB_ERROR_PAGES
+from app.web.pages import WebError, web_error_page, web_http_error
+from app.web.routes import photos, registry, search, signin
+from app.web.searches import SearchKeeper
+from app.web.session import SessionCodec
+
+STATIC = Path(__file__).parent / "static"
+ROUTERS = (signin.router, search.router, registry.router, photos.router)
+# Forms that may carry several photos: the size limit lets these through up to HM_MAX_REQUEST_MB.
+MULTI_PHOTO_PATHS = (r"/registry/new", r"/registry/\d+/photos")
+
+
+def mount_web(app: FastAPI, settings: Settings) -> None:
+    """Add the web pages to the app (server-rendered, outside /v1, never in the OpenAPI schema)."""
+    app.state.web_auth = settings.auth  # the app's settings: a shared service may carry other ones
+    app.state.web_sessions = SessionCodec(settings)
+    app.state.web_searches = SearchKeeper(settings.data_dir, settings.web_searches_kept)
+    app.add_exception_handler(WebError, web_error_page)  # type: ignore[arg-type]
+    setattr(app.state, WEB_ERROR_PAGES, web_http_error)  # the shared handlers answer web paths with these pages
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for router in ROUTERS:
+        app.include_router(router)
