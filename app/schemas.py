@@ -189,16 +189,26 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class IndexStatus(BaseModel):
+    """The index a search would use now; only ``loaded`` while there is none."""
+
+    loaded: bool
+    fingerprint: str | None = Field(None, description="The model whose vectors it holds.")
+    count: int | None = Field(None, description="Photo vectors in it.")
+    version: int | None = None
+    matches_model: bool | None = Field(None, description="Built with the active model: searches can use it.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: ModelInfo | None
-    index: dict | None
+    index: IndexStatus | None
     artefacts: int | None
 
 
 class Readiness(BaseModel):
     ready: bool = Field(description="The model is loaded and the index is usable with it.")
-    index: dict = Field(description="The index state, as in /healthz.")
+    index: IndexStatus = Field(description="The index state, as in /healthz.")
 
 
 class ApiKeyCreate(BaseModel):

@@ -25,7 +25,7 @@ from app.pipeline.search import PhotoSearch
 from app.pipeline.signature import compute_signature
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
-from app.schemas import ArtefactCreate, ArtefactUpdate, ModelInfo, SearchResponse
+from app.schemas import ArtefactCreate, ArtefactUpdate, IndexRebuildReport, IndexStatus, ModelInfo, SearchResponse
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class MatchingService:
                         missing, active)
         return index
 
-    def rebuild_index(self, reembed: bool = False, progress=None) -> dict:
+    def rebuild_index(self, reembed: bool = False, progress: Progress | None = None) -> IndexRebuildReport:
         """Rebuild the index for the active model; with ``reembed`` first embed photos lacking vectors."""
         active = self.fingerprint
         embedded = failed = 0
@@ -140,15 +140,15 @@ class MatchingService:
 
         index = self.shared_index.modify(rebuild)
         missing = len(self.store.photos_missing_vectors(active))
-        return {"fingerprint": active, "vectors": index.count, "embedded": embedded, "failed": failed,
-                "missing": missing, "version": index.version}
+        return IndexRebuildReport(fingerprint=active, vectors=index.count, embedded=embedded, failed=failed,
+                                  missing=missing, version=index.version)
 
-    def index_status(self) -> dict:
+    def index_status(self) -> IndexStatus:
         idx = self.index
         if idx is None:
-            return {"loaded": False}
-        return {"loaded": True, "fingerprint": idx.fingerprint, "count": idx.count, "version": idx.version,
-                "matches_model": idx.fingerprint == self.fingerprint}
+            return IndexStatus(loaded=False)
+        return IndexStatus(loaded=True, fingerprint=idx.fingerprint, count=idx.count, version=idx.version,
+                           matches_model=idx.fingerprint == self.fingerprint)
 
     def indexed_photo_ids(self, photo_ids: list[int]) -> set[int]:
         """Photos that searches with the active model can find."""

@@ -193,10 +193,10 @@ def test_openapi_lists_the_endpoints(client):
 
 
 def test_readyz_says_not_ready_with_its_schema_while_the_index_is_of_another_model(client, service):
-    from app.schemas import Readiness
+    from app.schemas import IndexStatus, Readiness
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(type(service), "index_status", lambda self: {"loaded": True, "matches_model": False})
+        m.setattr(type(service), "index_status", lambda self: IndexStatus(loaded=True, matches_model=False))
         r = client.get("/readyz")
     assert r.status_code == 503 and Readiness.model_validate(r.json()).ready is False
 

@@ -251,7 +251,7 @@ def test_reembed_goes_on_when_another_worker_deletes_a_photo_meanwhile(service, 
         service.encoder.embed = embed
         other.close()
     survivors = service.store.photo_ids().tolist()
-    assert len(survivors) == 2 and report["embedded"] == 2 and report["missing"] == 0
+    assert len(survivors) == 2 and report.embedded == 2 and report.missing == 0
     assert service.store.vector_ids(service.fingerprint).tolist() == survivors
     assert sorted(service.index.ids().tolist()) == survivors
 

@@ -61,7 +61,7 @@ def test_index_of_another_model_is_refused_with_the_fix(settings, encoder, servi
     with pytest.raises(IndexModelMismatch, match=r"heritage-match index rebuild"):
         restarted.search(jpeg_bytes(random_photo(1)))
     report = restarted.rebuild_index()
-    assert report["vectors"] == 2
+    assert report.vectors == 2
     assert restarted.search(jpeg_bytes(random_photo(1))).results[0].inventory_number == "A-1"
     restarted.close()
 
@@ -76,7 +76,7 @@ def test_rebuild_reembed_embeds_photos_lacking_vectors(settings, encoder, servic
     restarted = MatchingService(settings, encoder=encoder).start()
     assert restarted.index.count == 0
     report = restarted.rebuild_index(reembed=True)
-    assert report["embedded"] == 2 and report["vectors"] == 2 and report["missing"] == 0
+    assert report.embedded == 2 and report.vectors == 2 and report.missing == 0
     restarted.close()
 
 

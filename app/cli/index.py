@@ -20,7 +20,8 @@ def index_rebuild(
         unsigned = service.store.photos_missing_signatures()
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=todo)
-            report = service.rebuild_index(reembed=reembed, progress=lambda n: progress.advance(task, n))
+            report = service.rebuild_index(reembed=reembed,
+                                           progress=lambda n: progress.advance(task, n)).model_dump()
             # Photos registered before verification existed (or before its signature version) get
             # their hash, colour and keypoints now rather than on their first search.
             sign = progress.add_task("signatures", total=len(unsigned))

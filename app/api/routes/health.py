@@ -9,7 +9,7 @@ from app.schemas import Health, Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
 def healthz(service: ServiceDep) -> Health:
     """Liveness, the active model and its fingerprint, and the index state."""
     return Health(
@@ -25,6 +25,6 @@ def healthz(service: ServiceDep) -> Health:
 def readyz(service: ServiceDep):
     """Ready when the model is loaded and the index is usable with it (200), else 503 with the same body."""
     status = service.index_status()
-    ready = bool(status.get("loaded") and status.get("matches_model"))
-    body = Readiness(ready=ready, index=status).model_dump()
+    ready = bool(status.loaded and status.matches_model)
+    body = Readiness(ready=ready, index=status).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=200 if ready else 503)

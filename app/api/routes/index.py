@@ -20,6 +20,6 @@ async def rebuild_index(
 ) -> IndexRebuildReport:
     """Rebuild the index for the active model from the stored vectors."""
     report = await run_in_threadpool(service.rebuild_index, reembed)
-    await run_in_threadpool(audit.record, "index.rebuild", model_fingerprint=report["fingerprint"],
-                            index_version=report["version"], details=report)
-    return IndexRebuildReport(**report)
+    await run_in_threadpool(audit.record, "index.rebuild", model_fingerprint=report.fingerprint,
+                            index_version=report.version, details=report.model_dump())
+    return report
