@@ -24,7 +24,7 @@ from app.service import MatchingService, PhotoInput
 from tests.conftest import coin_query, jpeg_bytes, png_bytes
 
 ARCH = "ViT-B-32"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

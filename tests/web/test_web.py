@@ -501,7 +501,7 @@ def test_web_files_ship_in_the_package():
     import fnmatch
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app"]
     web = root / "app" / "web"
     files = [p.relative_to(root / "app").as_posix() for sub in ("templates", "static", "translations")

@@ -22,7 +22,7 @@ from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 from app.core.errors import ModelUnavailable
 from tests.conftest import random_photo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = "efficientnet-lite0"
 
 

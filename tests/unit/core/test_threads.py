@@ -16,7 +16,7 @@ from app.core import threads as threads_module
 from app.core.config import Settings
 from app.core.threads import available_cores, intra_op_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = "efficientnet-lite0"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-APP = Path(__file__).resolve().parents[1] / "app"
+APP = Path(__file__).resolve().parents[2] / "app"
 
 LAYERS: list[tuple[str, ...]] = [
     ("app", "app.core"),  # settings, errors, database base, files, JSON Lines, threads
