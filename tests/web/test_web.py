@@ -401,7 +401,7 @@ def test_several_photos_at_once_fit_the_request_limit_and_one_too_many_gets_a_pa
     from app.main import create_app
     from app.security.keys import KeyStore
     from app.service import MatchingService
-    from tests.test_web import sign_in
+    from tests.web.test_web import sign_in
 
     small = MatchingService(settings.model_copy(update={"max_upload_mb": 0.5, "max_request_mb": 2}),
                             encoder=encoder).start()
