@@ -29,31 +29,31 @@ class ArtefactFields(BaseModel):
     # No inf or nan: SQLite would store them, but JSON cannot carry them back (they came out as null).
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, use_enum_values=True, allow_inf_nan=False)
 
-    inventory_number: str | None = Field(None, min_length=1, max_length=200)
-    institution: str | None = Field(None, max_length=300, description="Holding institution.")
+    inventory_number: str | None = Field(default=None, min_length=1, max_length=200)
+    institution: str | None = Field(default=None, max_length=300, description="Holding institution.")
     status: ArtefactStatus | None = None
     date_reported: dt.date | None = None
-    title: str | None = Field(None, max_length=500)
-    category: str | None = Field(None, max_length=200, description="Type of object: category.")
-    object_type: str | None = Field(None, max_length=200, description="Type of object: specific type.")
+    title: str | None = Field(default=None, max_length=500)
+    category: str | None = Field(default=None, max_length=200, description="Type of object: category.")
+    object_type: str | None = Field(default=None, max_length=200, description="Type of object: specific type.")
     materials: str | None = None
     techniques: str | None = None
-    inscriptions: str | None = Field(None, description="Inscriptions and markings.")
-    date_period: str | None = Field(None, max_length=200, description="Date or period.")
-    maker: str | None = Field(None, max_length=300)
+    inscriptions: str | None = Field(default=None, description="Inscriptions and markings.")
+    date_period: str | None = Field(default=None, max_length=200, description="Date or period.")
+    maker: str | None = Field(default=None, max_length=300)
     subject: str | None = None
     distinguishing_features: str | None = None
     description: str | None = None
     find_site: str | None = None
     provenance: str | None = None
     source_reference: str | None = None
-    height: float | None = Field(None, ge=0)
-    width: float | None = Field(None, ge=0)
-    depth: float | None = Field(None, ge=0)
-    diameter: float | None = Field(None, ge=0)
-    dimension_unit: str | None = Field(None, max_length=20, description="e.g. cm, mm")
-    weight: float | None = Field(None, ge=0)
-    weight_unit: str | None = Field(None, max_length=20, description="e.g. g, kg")
+    height: float | None = Field(default=None, ge=0)
+    width: float | None = Field(default=None, ge=0)
+    depth: float | None = Field(default=None, ge=0)
+    diameter: float | None = Field(default=None, ge=0)
+    dimension_unit: str | None = Field(default=None, max_length=20, description="e.g. cm, mm")
+    weight: float | None = Field(default=None, ge=0)
+    weight_unit: str | None = Field(default=None, max_length=20, description="e.g. g, kg")
 
 
 # Every field of the record, by its API name (also the manifest's column names).
@@ -62,7 +62,7 @@ RECORD_FIELDS = tuple(ArtefactFields.model_fields)
 
 class ArtefactCreate(ArtefactFields):
     inventory_number: str = Field(..., min_length=1, max_length=200)
-    institution: str = Field("", max_length=300)
+    institution: str = Field(default="", max_length=300)
     status: ArtefactStatus = ArtefactStatus.missing
 
     @field_validator("institution", mode="before")
@@ -131,13 +131,15 @@ class Region(BaseModel):
 class MatchEvidence(BaseModel):
     """Why the score is what it is."""
 
-    exact_reuse: bool = Field(False, description="The query re-uses this registry photo (perceptual hash).")
-    cosine: float | None = Field(None, description="Embedding similarity to the artefact's best photo.")
-    margin: float | None = Field(None, description="Cosine lead over the best other artefact.")
-    colour: float | None = Field(None, description="Colour-signature similarity, 0 to 1.")
-    colour_margin: float | None = Field(None, description="Colour lead over the best other artefact.")
-    inliers: int = Field(0, description="Keypoint matches consistent with one geometric transform.")
-    matches: int = Field(0, description="Keypoint matches (mutual nearest, ratio test) before the geometric check.")
+    exact_reuse: bool = Field(default=False, description="The query re-uses this registry photo (perceptual hash).")
+    cosine: float | None = Field(default=None, description="Embedding similarity to the artefact's best photo.")
+    margin: float | None = Field(default=None, description="Cosine lead over the best other artefact.")
+    colour: float | None = Field(default=None, description="Colour-signature similarity, 0 to 1.")
+    colour_margin: float | None = Field(default=None, description="Colour lead over the best other artefact.")
+    inliers: int = Field(default=0, description="Keypoint matches consistent with one geometric transform.")
+    matches: int = Field(
+        default=0, description="Keypoint matches (mutual nearest, ratio test) before the geometric check."
+    )
 
 
 class SearchResult(BaseModel):
@@ -152,7 +154,7 @@ class SearchResult(BaseModel):
     verdict: Verdict
     photo_id: int = Field(description="The registry photo that matched best.")
     photo_url: str
-    region: Region | None = Field(None, description="Where in the query photo this artefact was found.")
+    region: Region | None = Field(default=None, description="Where in the query photo this artefact was found.")
     evidence: MatchEvidence
 
 
@@ -161,7 +163,7 @@ class ModelInfo(BaseModel):
     fingerprint: str
     dim: int
     device: str
-    calibrated: bool = Field(True, description="False: scores follow fixed cosine thresholds, not a fit.")
+    calibrated: bool = Field(default=True, description="False: scores follow fixed cosine thresholds, not a fit.")
 
 
 class QueryInfo(BaseModel):
@@ -177,7 +179,7 @@ class SearchResponse(BaseModel):
     query: QueryInfo
     results: list[SearchResult]
     took_ms: float
-    audit_id: int | None = Field(None, description="The audit-trail event recording this search.")
+    audit_id: int | None = Field(default=None, description="The audit-trail event recording this search.")
 
 
 class ErrorBody(BaseModel):
@@ -193,10 +195,10 @@ class IndexStatus(BaseModel):
     """The index a search would use now; only ``loaded`` while there is none."""
 
     loaded: bool
-    fingerprint: str | None = Field(None, description="The model whose vectors it holds.")
-    count: int | None = Field(None, description="Photo vectors in it.")
+    fingerprint: str | None = Field(default=None, description="The model whose vectors it holds.")
+    count: int | None = Field(default=None, description="Photo vectors in it.")
     version: int | None = None
-    matches_model: bool | None = Field(None, description="Built with the active model: searches can use it.")
+    matches_model: bool | None = Field(default=None, description="Built with the active model: searches can use it.")
 
 
 class Health(BaseModel):

@@ -80,7 +80,7 @@ class MatchingService:
         """The newest saved index (another worker or the CLI may have changed it)."""
         return self.shared_index.get()
 
-    def reconcile_index(self) -> VectorIndex:
+    def reconcile_index(self) -> VectorIndex | None:
         """Load the saved index; rebuild it from stored vectors when missing or out of step."""
         active = self.fingerprint
 
@@ -92,7 +92,7 @@ class MatchingService:
             stored = self.store.fingerprints()
             if saved is None and not stored.get(active) and stored:
                 # Vectors exist only for another model: rebuild that model's index, refuse queries.
-                other = max(stored, key=stored.get)
+                other = max(stored, key=stored.__getitem__)
                 ids, vecs = self.store.vectors(other)
                 return VectorIndex.build(other, ids, vecs, vecs.shape[1],
                                          ann_min_vectors=self.settings.index_ann_min_vectors)
@@ -139,6 +139,7 @@ class MatchingService:
                                      ann_min_vectors=self.settings.index_ann_min_vectors)
 
         index = self.shared_index.modify(rebuild)
+        assert index is not None  # rebuild always returns an index
         missing = len(self.store.photos_missing_vectors(active))
         return IndexRebuildReport(fingerprint=active, vectors=index.count, embedded=embedded, failed=failed,
                                   missing=missing, version=index.version)
@@ -171,7 +172,7 @@ class MatchingService:
                     exc.message = f"{item.label}: {exc.message}"
                     exc.args = (exc.message,)
                 raise
-        vectors = self.encoder.embed([d.image for d in decoded]) if decoded else []
+        vectors: np.ndarray | list[np.ndarray] = self.encoder.embed([d.image for d in decoded]) if decoded else []
         return [
             NewPhoto(data=item.data, sha256=d.sha256, format=d.format, width=d.width, height=d.height,
                      vector=vec, view=item.view, signature=compute_signature(d.image))

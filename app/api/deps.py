@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path
 from fastapi.params import Depends as DependsParam
+from fastapi.params import Path as PathParam
 
 from app.http.requests import DB_ID_MAX, get_audit, get_service, require
 from app.schemas import ErrorResponse
@@ -28,7 +29,7 @@ ServiceDep = Annotated[MatchingService, Depends(get_service)]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]
 
 
-def row_id(what: str) -> Path:
+def row_id(what: str) -> PathParam:
     return Path(ge=1, le=DB_ID_MAX, description=f"The {what}'s id.")
 
 

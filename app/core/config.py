@@ -13,96 +13,103 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HM_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("index"), description="Registry database, photo store and FAISS files.")
-    models_dir: Path = Field(Path("models"), description="Model weights and exported models.")
+    data_dir: Path = Field(default=Path("index"), description="Registry database, photo store and FAISS files.")
+    models_dir: Path = Field(default=Path("models"), description="Model weights and exported models.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/registry.db."
+        default=None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/registry.db."
     )
     model: str = Field(
-        "auto",
+        default="auto",
         description="auto | efficientnet-lite0 | clip:<architecture>:<pretrained tag or checkpoint path>.",
     )
     clip_default: str = Field(
-        "clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."
+        default="clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."
     )
     runtime: Literal["torch", "onnx", "onnx-int8", "openvino"] = Field(
-        "torch", description="What runs the image encoder: torch, or on CPU an export made by "
+        default="torch", description="What runs the image encoder: torch, or on CPU an export made by "
         "`heritage-match models export` (onnx and openvino: same vectors as torch; onnx-int8: faster, "
         "its own fingerprint)."
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when torch sees one.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto uses a GPU when torch sees one.")
     host: str = "127.0.0.1"
     port: int = 8000
     forwarded_allow_ips: str = Field(
-        "", description="Reverse proxies whose X-Forwarded-For header is trusted (comma-separated addresses, or *). "
+        default="",
+        description="Reverse proxies whose X-Forwarded-For header is trusted (comma-separated addresses, or *). "
         "Empty: the connection's address is the client's, so a client cannot pick its own address to dodge "
         "the wrong-key limit."
     )
-    max_upload_mb: float = Field(25, description="Largest accepted upload (one photo).")
+    max_upload_mb: float = Field(default=25, description="Largest accepted upload (one photo).")
     max_request_mb: float = Field(
-        200, description="Largest request that carries several photos (registry photo uploads, on the API and "
+        default=200, description="Largest request that carries several photos (registry photo uploads, on the API and "
         "the web); each photo in it is still at most max_upload_mb."
     )
     max_image_pixels: int = Field(
-        120_000_000, description="Larger images are refused as decompression bombs."
+        default=120_000_000, description="Larger images are refused as decompression bombs."
     )
-    top_k: int = Field(5, description="Default number of artefacts a search returns.")
+    top_k: int = Field(default=5, description="Default number of artefacts a search returns.")
     batch_size: int | None = Field(
-        None, ge=1, description="Images per forward pass when embedding many photos (default: 16 on a "
+        default=None, ge=1, description="Images per forward pass when embedding many photos (default: 16 on a "
         "CPU, 256 on a GPU, where 16 left ViT-B-32 at a quarter of its measured throughput)."
     )
     match_threshold: float | None = Field(
-        None, description="Calibrated score (0-1) at or above which a result is a `match` "
+        default=None, description="Calibrated score (0-1) at or above which a result is a `match` "
         "(default: the model's calibration)."
     )
     possible_threshold: float | None = Field(
-        None, description="Calibrated score (0-1) at or above which a result is `possible` "
+        default=None, description="Calibrated score (0-1) at or above which a result is `possible` "
         "(default: the model's calibration)."
     )
     index_ann_min_vectors: int = Field(
-        20_000, ge=0, description="Registry photos from which the index is IVF (approximate, recall@10 checked "
+        default=20_000, ge=0, description="Registry photos from which the index is IVF (approximate, recall@10 checked "
         ">= 0.99 at build) instead of exact flat search; 0 keeps it exact at any size."
     )
     region_proposals: bool = Field(
-        True, description="Also search object regions of the query photo (several objects, clutter)."
+        default=True, description="Also search object regions of the query photo (several objects, clutter)."
     )
-    workers: int = Field(1, ge=1, description="uvicorn worker processes of `heritage-match serve`.")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes of `heritage-match serve`.")
     threads: int | None = Field(
-        None, ge=1, validation_alias=AliasChoices("HM_THREADS", "HM_TORCH_THREADS", "threads"),
+        default=None, ge=1, validation_alias=AliasChoices("HM_THREADS", "HM_TORCH_THREADS", "threads"),
         description="Threads each process gives the model runtime, OpenCV, BLAS and FAISS (default: CPU cores "
         "divided by HM_WORKERS, at least 1, so that workers do not oversubscribe the cores).",
     )
     batch_wait_ms: float = Field(
-        20, ge=0, description="Serving: how long a forward pass may wait for concurrent searches that are "
+        default=20, ge=0, description="Serving: how long a forward pass may wait for concurrent searches that are "
         "preparing their images to join it (micro-batching); a search alone never waits."
     )
     max_batch: int = Field(
-        16, ge=1, description="Serving: most images in one micro-batch; 1 turns micro-batching off."
+        default=16, ge=1, description="Serving: most images in one micro-batch; 1 turns micro-batching off."
     )
     auth: bool = Field(
-        True, description="Require an API key on every endpoint but /healthz and /readyz. false: every "
+        default=True, description="Require an API key on every endpoint but /healthz and /readyz. false: every "
         "request acts as an admin (a single-user machine only)."
     )
-    rate_limit_per_minute: float = Field(120, ge=0, description="Requests a minute per API key (0: no limit).")
-    rate_limit_burst: int = Field(30, ge=1, description="Requests a key may send at once before the limit applies.")
+    rate_limit_per_minute: float = Field(default=120, ge=0, description="Requests a minute per API key (0: no limit).")
+    rate_limit_burst: int = Field(
+        default=30, ge=1, description="Requests a key may send at once before the limit applies."
+    )
     auth_failures_per_minute: float = Field(
-        10, ge=0, description="Failed sign-ins and unknown API keys a minute per client address, after "
+        default=10, ge=0, description="Failed sign-ins and unknown API keys a minute per client address, after "
         "`HM_AUTH_FAILURES_BURST` at once; beyond, that address gets 429 (0: no limit)."
     )
-    auth_failures_burst: int = Field(10, ge=1, description="Failed sign-ins a client address may make at once.")
+    auth_failures_burst: int = Field(
+        default=10, ge=1, description="Failed sign-ins a client address may make at once."
+    )
     cors_origins: str = Field(
-        "", description="Comma-separated origins allowed to call the API from a browser (default: none, CORS off)."
+        default="",
+        description="Comma-separated origins allowed to call the API from a browser (default: none, CORS off).",
     )
     web_secret: str | None = Field(
-        None, description="Key that signs web session cookies (default: a random one kept in DATA_DIR/web-secret, "
+        default=None,
+        description="Key that signs web session cookies (default: a random one kept in DATA_DIR/web-secret, "
         "shared by every worker on the machine)."
     )
-    web_session_hours: float = Field(12, gt=0, description="Hours a web sign-in lasts.")
+    web_session_hours: float = Field(default=12, gt=0, description="Hours a web sign-in lasts.")
     web_cookie_secure: bool | None = Field(
-        None, description="Send the session cookie over HTTPS only (default: when the request came over HTTPS)."
+        default=None, description="Send the session cookie over HTTPS only (default: when the request came over HTTPS)."
     )
     web_searches_kept: int = Field(
-        200, ge=1, description="Web searches (query photo and results, for the results page and case report) "
+        default=200, ge=1, description="Web searches (query photo and results, for the results page and case report) "
         "kept in the data directory's web-searches.db, shared by all server workers; the oldest go first."
     )
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 class AppError(Exception):
     status_code = 400
     code = "bad_request"
+    label: str  # only where MatchingService.prepare_photos names the file the error is about
+
 
     def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
         super().__init__(message)

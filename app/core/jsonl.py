@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 def parse_json_line(line: str) -> tuple[object, str | None]:
@@ -20,12 +20,13 @@ def parse_json_line(line: str) -> tuple[object, str | None]:
         return None, f"not valid JSON ({getattr(exc, 'msg', None) or exc})"
 
 
-def object_lines(lines) -> Iterator[tuple[int, dict | None, str | None]]:
+def object_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, object, None) or (line number, None, why not) for each non-blank line."""
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         value, error = parse_json_line(line)
-        if error is None and not isinstance(value, dict):
-            value, error = None, "each line must be a JSON object"
-        yield n, value, error
+        obj = value if isinstance(value, dict) else None  # None whenever error is set
+        if error is None and obj is None:
+            error = "each line must be a JSON object"
+        yield n, obj, error

@@ -14,6 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image
@@ -83,7 +84,7 @@ class ImageEncoder(ABC):
         """The loaded network as one torch module (N, 3, H, W) -> (N, dim), for export to other runtimes."""
         raise NotImplementedError(f"{type(self).__name__} cannot be exported")
 
-    def load(self) -> "ImageEncoder":
+    def load(self) -> Self:
         if not self._loaded:
             with self._lock:
                 if not self._loaded:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -97,7 +98,7 @@ def export_onnx(source: ImageEncoder, model: str, models_dir: Path, int8: bool =
             os.replace(fp32_tmp, tmp)
         fp = source.fingerprint
         pre = source.preprocessing
-        meta = {
+        meta: dict[str, Any] = {
             "model": model,
             "runtime": runtime,
             "source": fp.as_dict(),

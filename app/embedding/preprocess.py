@@ -38,7 +38,7 @@ class Preprocessing:
             img = center_crop(resize_shortest(img, self.size, resample), self.size)
         else:
             raise ValueError(f"unknown resize mode {self.mode!r}")
-        arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+        arr: np.ndarray = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

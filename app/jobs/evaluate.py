@@ -15,9 +15,10 @@ from typing import Callable
 import numpy as np
 
 from app.core.config import Settings
-from app.embedding import ImageEncoder, create_encoder
 from app.core.errors import AppError
 from app.core.jsonl import object_lines
+from app.embedding import ImageEncoder, create_encoder
+from app.schemas import SearchResult
 from app.service import MatchingService, PhotoInput
 
 KS = (1, 5, 10)
@@ -40,6 +41,7 @@ def read_jsonl(path: Path) -> list[dict]:
             for n, row, error in object_lines(f):
                 if error:
                     raise PackError(f"{path.name} line {n}: {error}")
+                assert row is not None  # an object comes with no error
                 rows.append((n, row))
     except UnicodeDecodeError as exc:
         raise PackError(f"{path.name} is not UTF-8 text ({exc.reason})") from None
@@ -115,7 +117,8 @@ def evaluate_pack(
             service.close()
 
 
-def _candidate_rows(query: dict, expected: list[str], results, id_of) -> list[dict]:
+def _candidate_rows(query: dict, expected: list[str], results: list[SearchResult],
+                    id_of: dict[int, str]) -> list[dict]:
     """Every returned candidate with its evidence and whether it is right: the calibration's data."""
     rows = []
     for rank, r in enumerate(results, start=1):
@@ -130,7 +133,8 @@ def _candidate_rows(query: dict, expected: list[str], results, id_of) -> list[di
     return rows
 
 
-def _score_queries(service, pack, queries, id_of, progress, top_k: int) -> dict:
+def _score_queries(service: MatchingService, pack: Path, queries: list[dict], id_of: dict[int, str],
+                   progress: Callable[[str, int, int], None] | None, top_k: int) -> dict:
     hits = {k: 0 for k in KS}
     pairs = 0
     ap_sum = 0.0

@@ -43,10 +43,10 @@ def rotate(img: Image.Image, rng: random.Random) -> Image.Image:
 def perspective(img: Image.Image, rng: random.Random) -> Image.Image:
     """The photo taken from an angle: corners moved inwards by up to 15% of the side."""
     w, h = img.size
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     jitter = [(rng.uniform(0, 0.15) * w, rng.uniform(0, 0.15) * h) for _ in range(4)]
-    dst = np.float32([[jitter[0][0], jitter[0][1]], [w - jitter[1][0], jitter[1][1]],
-                      [w - jitter[2][0], h - jitter[2][1]], [jitter[3][0], h - jitter[3][1]]])
+    dst = np.array([[jitter[0][0], jitter[0][1]], [w - jitter[1][0], jitter[1][1]],
+                    [w - jitter[2][0], h - jitter[2][1]], [jitter[3][0], h - jitter[3][1]]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(src, dst)
     out = cv2.warpPerspective(np.asarray(img.convert("RGB")), m, (w, h), flags=cv2.INTER_CUBIC,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=_border_colour(img))
@@ -163,7 +163,8 @@ def _listing_size(img: Image.Image, side: int = LISTING_MIN_SIDE) -> Image.Image
 def _border_colour(img: Image.Image) -> tuple[int, int, int]:
     arr = np.asarray(img.convert("RGB"))
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    return tuple(int(v) for v in np.median(border, axis=0))
+    r, g, b = (int(v) for v in np.median(border, axis=0))
+    return r, g, b
 
 
 def _font(size: int):

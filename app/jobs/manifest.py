@@ -89,6 +89,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
             reader = csv.DictReader(f)
             for row in reader:
                 if row.get(None):  # more cells than the header has columns: DictReader keeps them under None
+                    assert reader.fieldnames is not None  # read with the first row
                     yield reader.line_num, None, (
                         f"{len(reader.fieldnames) + len(row[None])} cells, but the header has "
                         f"{len(reader.fieldnames)} columns: put a value that holds a comma in double quotes")
@@ -131,6 +132,7 @@ def import_manifest(
         try:
             if error:
                 raise ValueError(error)
+            assert row is not None  # a row comes with no error
             _import_row(service, base, row, report)
         except (ValueError, AppError, OSError) as exc:
             report.errors.append(RowError(line, getattr(exc, "message", None) or str(exc)))

@@ -14,6 +14,10 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.schemas import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Calibration:
         z = self.bias + sum(self.weights.get(k, 0.0) * v for k, v in evidence.vector().items())
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
-    def verdict(self, score: float) -> str:
+    def verdict(self, score: float) -> Verdict:
         if score >= self.match:
             return "match"
         if score >= self.possible:

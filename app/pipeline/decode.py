@@ -10,18 +10,22 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import BadImage, ImageTooLarge
 from app.core.files import sha256_hex
 
+if TYPE_CHECKING:
+    from app.pipeline.signature import PhotoAnalysis
+
 try:  # HEIC/HEIF: the format of most iPhone photos
     import pillow_heif
 
     pillow_heif.register_heif_opener()
 except ImportError:  # pragma: no cover - declared dependency, but the service still runs without
-    pillow_heif = None
+    pillow_heif = None  # type: ignore[assignment]  # the module, or None without it
 
 ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "TIFF", "HEIF", "AVIF", "BMP", "GIF"}
 ACCEPTED_HUMAN = "JPEG, PNG, WebP, TIFF, HEIC/HEIF, BMP or GIF"
@@ -51,9 +55,9 @@ class DecodedImage:
     format: str
     width: int  # of the original, after orientation
     height: int
-    # The model-independent part of a search (``app.pipeline.signature.PhotoAnalysis``), when a decode
-    # worker already computed it: scans do it beside decoding, off the process that embeds.
-    analysis: object | None = None
+    # The model-independent part of a search, when a decode worker already computed it: scans do it
+    # beside decoding, off the process that embeds.
+    analysis: PhotoAnalysis | None = None
 
 
 def decode_image(
@@ -68,7 +72,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = (img.format or "").upper()
             if fmt not in ACCEPTED_FORMATS:
                 raise BadImage(f"Unsupported image format {fmt or 'unknown'}; send {ACCEPTED_HUMAN}.")

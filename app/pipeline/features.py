@@ -59,7 +59,7 @@ def single_threaded_blas():
 def _detector():
     """One SIFT detector per thread: the API serves searches from a thread pool."""
     if not hasattr(_local, "sift"):
-        _local.sift = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)
+        _local.sift = cv2.SIFT.create(nfeatures=MAX_KEYPOINTS)
     return _local.sift
 
 

@@ -7,12 +7,16 @@ search hits -> ``aggregate_by_artefact`` -> ``gather_evidence`` (colour, geometr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.pipeline.calibrate import Calibration, Evidence
 from app.pipeline.features import NO_GEOMETRY, GeometryResult, LocalFeatures, single_threaded_blas, verify_geometry
 from app.pipeline.signature import VisualSignature
+
+if TYPE_CHECKING:
+    from app.schemas import Verdict
 
 # The first candidates are verified against their two best photos, the rest against their best one:
 # a search may reach deep into the embedding's list (on near-identical coins a rotation moves the right
@@ -43,7 +47,7 @@ class Judged:
     candidate: Candidate
     evidence: Evidence
     score: float  # calibrated, in [0, 1]
-    verdict: str
+    verdict: Verdict
     photo_id: int  # the registry photo that supports the verdict best
     box: tuple[int, int, int, int] | None = None  # where in the query the artefact was found
     exact_reuse: bool = False
@@ -109,6 +113,7 @@ def gather_evidence(
                     continue
                 colour = max(colour, float(np.dot(query.colour, ref.colour)))
                 if i < verify:
+                    assert query.features is not None  # PhotoSearch extracts them before verification
                     g = verify_geometry(query.features, ref.features)
                     matches = max(matches, g.matches)
                     if g.inliers > geometry.inliers:

@@ -52,7 +52,7 @@ def foreground_mask(image: Image.Image) -> tuple[np.ndarray, float]:
     scale = WORK_SIDE / max(w, h)
     small = image.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale))),
                                         Image.Resampling.BILINEAR)
-    lab = cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab: np.ndarray = cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
     lab = cv2.GaussianBlur(lab, (5, 5), 0)
     border = np.concatenate([lab[:3].reshape(-1, 3), lab[-3:].reshape(-1, 3),
                              lab[:, :3].reshape(-1, 3), lab[:, -3:].reshape(-1, 3)])

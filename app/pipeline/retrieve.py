@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -54,7 +54,9 @@ class VectorIndex:
         self.fingerprint = fingerprint
         self.dim = dim
         self.version = version
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # IndexIDMap2 over IndexFlatIP, or an IndexIVFFlat; Any: faiss's stubs lack what its Python wrappers add
+        # (ndarray arguments, nlist on the IVF index).
+        self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
         self.ann_min_vectors = ANN_MIN_VECTORS
 
@@ -73,6 +75,7 @@ class VectorIndex:
         with self._lock:
             if isinstance(self._index, faiss.IndexIVF):
                 lists = self._index.invlists
+                assert lists is not None  # an IVF index always holds its inverted lists
                 parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
                          for i in range(lists.nlist) if lists.list_size(i)]
                 return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
@@ -93,6 +96,7 @@ class VectorIndex:
     def _grow_into_ivf(self) -> None:
         """The registry just reached the IVF size: rebuild from the flat index's own vectors."""
         flat = faiss.downcast_index(self._index.index)
+        assert isinstance(flat, faiss.IndexFlat)  # the IndexFlatIP that __init__ wraps
         vectors = faiss.rev_swig_ptr(flat.get_xb(), self.count * self.dim).reshape(self.count, self.dim).copy()
         ivf = _accurate_ivf(self.ids(), vectors, self.dim)
         if ivf is not None:
@@ -119,7 +123,8 @@ class VectorIndex:
                 scores, ids = self._index.search(queries, k)
             short = np.flatnonzero((ids < 0).any(axis=1))
             if len(short):  # the probed lists held fewer than k vectors: probe them all (exact)
-                every = faiss.SearchParametersIVF(nprobe=self._index.nlist)
+                every = faiss.SearchParametersIVF()
+                every.nprobe = self._index.nlist
                 scores[short], ids[short] = self._index.search(queries[short], k, params=every)
         return scores, ids
 
@@ -179,7 +184,8 @@ def _accurate_ivf(ids: np.ndarray, vectors: np.ndarray, dim: int):
     ivf.cp.seed = 1234
     ivf.train(vectors[np.random.default_rng(0).permutation(len(vectors))[: nlist * 64]])
     ivf.add_with_ids(vectors, ids)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids and reconstruct by photo id
+    # remove_ids and reconstruct by photo id (faiss's stubs omit DirectMap)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
 
     # Sample queries: stored vectors moved off their point (cosine about 0.9), as a new photo of a
     # registered object is.

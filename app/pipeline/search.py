@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -22,12 +22,18 @@ from app.pipeline.calibrate import Calibration, Evidence, load_calibration
 from app.pipeline.decode import DecodedImage, decode_image, working_side
 from app.pipeline.features import LocalFeatures, extract_features
 from app.pipeline.match import (
-    Candidate, Judged, PhotoEvidence, aggregate_by_artefact, gather_evidence, judge, photos_to_check,
+    Candidate,
+    Judged,
+    PhotoEvidence,
+    aggregate_by_artefact,
+    gather_evidence,
+    judge,
+    photos_to_check,
 )
 from app.pipeline.regions import Box, crop, full_frame, propose_regions
 from app.pipeline.retrieve import VectorIndex
 from app.pipeline.signature import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
-from app.registry.models import Photo
+from app.registry.models import ArtefactStatus, Photo
 from app.registry.store import RegistryStore
 from app.schemas import MatchEvidence, ModelInfo, QueryInfo, Region, SearchResponse, SearchResult, photo_url
 
@@ -127,7 +133,8 @@ class PhotoSearch:
             SearchResponse(
                 model=model, index_version=idx.version,
                 query=QueryInfo(sha256=d.sha256, width=d.width, height=d.height, format=d.format),
-                results=self._present(j, d), took_ms=round((time.perf_counter() - t0) * 1000, 2),
+                results=self._present(cast("list[Judged]", j), d),  # every None was searched above
+                took_ms=round((time.perf_counter() - t0) * 1000, 2),
             )
             for d, j in zip(decoded, judged)
         ]
@@ -232,7 +239,7 @@ class PhotoSearch:
                                       inliers=ev.inliers, matches=ev.matches))
             results.append(SearchResult(
                 artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution, title=a.title,
-                status=a.status, score=round(j.score, 6), verdict=j.verdict, photo_id=j.photo_id,
+                status=ArtefactStatus(a.status), score=round(j.score, 6), verdict=j.verdict, photo_id=j.photo_id,
                 photo_url=photo_url(j.photo_id), region=region, evidence=evidence,
             ))
         return results

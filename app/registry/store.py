@@ -13,20 +13,20 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol, Sequence
 
 import numpy as np
 from sqlalchemy import create_engine, event, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.core.errors import Conflict, NotFound
 from app.core.db import create_tables
+from app.core.errors import Conflict, NotFound
+from app.core.files import file_lock
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security.audit import record_event
-from app.core.files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class RegistryStore:
                 PhotoSignature.photo_id.in_(photo_ids), PhotoSignature.version == SIGNATURE_VERSION))
             return {r.photo_id: r for r in rows}
 
-    def put_signatures(self, items: list[tuple[int, StorableSignature]]) -> None:
+    def put_signatures(self, items: Sequence[tuple[int, StorableSignature]]) -> None:
         with self.sessions.begin() as s:
             for photo_id, sig in items:
                 if s.get(Photo, photo_id) is not None:  # the photo may have been deleted meanwhile

@@ -27,7 +27,9 @@ def catalogue(lang: str) -> dict[str, str]:
         return {}
     with open(path, "rb") as f:
         cat = read_po(f, locale=lang)
-    return {m.id: m.string for m in cat if m.id and isinstance(m.id, str) and m.string and not m.fuzzy}
+    # A str id is a singular message, whose string is a str too (plurals have tuples of both).
+    return {m.id: m.string for m in cat
+            if m.id and isinstance(m.id, str) and m.string and isinstance(m.string, str) and not m.fuzzy}
 
 
 class Translator:

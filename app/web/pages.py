@@ -7,6 +7,7 @@ so the pages' Content-Security-Policy allows scripts and styles from this server
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from fastapi import Depends, Form, Request
@@ -81,7 +82,7 @@ def allow(*permissions: Permission):
             raise WebError(403, N_("Your role may not open this page."))
         return user
 
-    check.permissions = permissions  # read by the route tests, as the API's require() is
+    check.permissions = permissions  # type: ignore[attr-defined]  # read by the route tests, as require()'s is
     return check
 
 
@@ -95,7 +96,7 @@ def csrf_checked(*permissions: Permission):
             raise WebError(403, CSRF_REFUSED)
         return user
 
-    check.permissions = permissions
+    check.permissions = permissions  # type: ignore[attr-defined]  # read by the route tests
     return check
 
 
@@ -129,7 +130,10 @@ def render(request: Request, template: str, status: int = 200, **context) -> HTM
     return finish(request, HTMLResponse(html, status_code=status))
 
 
-def finish(request: Request, response: Response) -> Response:
+ResponseT = TypeVar("ResponseT", bound=Response)
+
+
+def finish(request: Request, response: ResponseT) -> ResponseT:
     """Headers and cookies every web response carries."""
     if response.media_type == "text/html":
         response.headers["Content-Security-Policy"] = WEB_CSP

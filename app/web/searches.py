@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
-    Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, delete, event, insert,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
     select,
 )
 
@@ -84,10 +95,12 @@ class SearchKeeper:
                           at=dt.datetime.now(dt.timezone.utc), response=response, display_jpeg=display_jpeg,
                           filename=filename)
         with self.engine.begin() as conn:
-            n = conn.execute(insert(_searches).values(
+            key = conn.execute(insert(_searches).values(
                 id=item.id, sid=sid, key_id=key_id, key_name=key_name, role=role, at=item.at.replace(tzinfo=None),
                 response=response.model_dump_json(), display_jpeg=display_jpeg, filename=filename,
-            )).inserted_primary_key[0]
+            )).inserted_primary_key
+            assert key is not None  # a one-row INSERT reports the key it gave the row
+            n = key[0]
             conn.execute(delete(_searches).where(_searches.c.n <= n - self.capacity))
         return item
 

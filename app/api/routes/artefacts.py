@@ -6,18 +6,18 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import DB_ID_MAX, ArtefactId, ArtefactReader, AuditDep, ServiceDep, allowed
 from app.api.presenters import artefact_outs
 from app.core.errors import AppError
+from app.http.requests import MAX_PHOTOS_PER_REQUEST, read_upload
+from app.registry.access import readable_artefact
 from app.registry.models import ArtefactStatus
 from app.registry.store import ArtefactFilter
 from app.schemas import ArtefactCreate, ArtefactOut, ArtefactPage, ArtefactUpdate, ErrorResponse, PhotoOut
-from app.registry.access import readable_artefact
 from app.security.roles import Permission
-from app.http.requests import MAX_PHOTOS_PER_REQUEST, read_upload
 from app.service import PhotoInput
 
 router = APIRouter(prefix="/v1/artefacts", tags=["artefacts"])
 
-NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such artefact."}}
-CONFLICT = {409: {"model": ErrorResponse, "description": "Inventory number already registered."}}
+NOT_FOUND: dict[int | str, dict] = {404: {"model": ErrorResponse, "description": "No such artefact."}}
+CONFLICT: dict[int | str, dict] = {409: {"model": ErrorResponse, "description": "Inventory number already registered."}}
 WRITE = allowed(Permission.write_registry)
 
 

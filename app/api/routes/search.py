@@ -4,14 +4,14 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import AuditDep, Searcher, ServiceDep
+from app.core.errors import AppError
 from app.http.audited_search import audited_search
 from app.http.requests import read_upload
-from app.core.errors import AppError
 from app.schemas import ErrorResponse, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict] = {
     409: {"model": ErrorResponse, "description": "The index was built with another model."},
     413: {"model": ErrorResponse, "description": "File or image dimensions over the limit."},
     422: {"model": ErrorResponse, "description": "Not an image, or a damaged one."},

@@ -6,13 +6,17 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.core.errors import ModelUnavailable
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
 from app.embedding.runtimes.torch_inference import run_module
-from app.core.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +36,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
             batch_size=batch_size,
         )
         self._net = None
-        self._descriptor = None
+        self._descriptor: torch.nn.Module | None = None
 
     def weights_path(self) -> Path:
         return efficientnet_weights()

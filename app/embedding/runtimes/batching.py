@@ -61,27 +61,27 @@ class BatchingEncoder(ImageEncoder):
     # --- the wrapped encoder's identity ----------------------------------------------------------
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # read-only: the wrapped encoder's
         return self.inner.name
 
     @property
-    def dim(self) -> int:
+    def dim(self) -> int:  # type: ignore[override]  # read-only: the wrapped encoder's
         return self.inner.dim
 
     @property
-    def match_threshold(self) -> float:
+    def match_threshold(self) -> float:  # type: ignore[override]  # read-only: the wrapped encoder's
         return self.inner.match_threshold
 
     @property
-    def possible_threshold(self) -> float:
+    def possible_threshold(self) -> float:  # type: ignore[override]  # read-only: the wrapped encoder's
         return self.inner.possible_threshold
 
     @property
-    def preprocessing(self) -> Preprocessing:
+    def preprocessing(self) -> Preprocessing:  # type: ignore[override]  # read-only: the wrapped encoder's
         return self.inner.preprocessing
 
     @property
-    def device(self) -> str:
+    def device(self) -> str:  # type: ignore[override]  # read-only: the wrapped encoder's
         return self.inner.device
 
     @property

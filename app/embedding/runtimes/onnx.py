@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class OnnxImageEncoder(ImageEncoder):
         self.match_threshold = float(meta["match_threshold"])
         self.possible_threshold = float(meta["possible_threshold"])
         self.threads = threads
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession once loaded
         self.batches = batches
         self._batch_encoder: ImageEncoder | None = None
         self._batch_lookup_done = False

@@ -132,7 +132,7 @@ class OpenVinoImageEncoder(OnnxImageEncoder):
     def _compile(self, hint: str):
         import openvino as ov
 
-        config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, str | int] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         cache = self._cache_dir()

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from app.core.files import atomic_write
 
@@ -30,7 +31,7 @@ class Checkpoint:
         self.dir = Path(out_dir)
         self.state_path = self.dir / STATE_FILE
         self.done_path = self.dir / DONE_FILE
-        self._log = None
+        self._log: TextIO | None = None
 
     def state(self) -> dict | None:
         try:
@@ -73,7 +74,7 @@ class Checkpoint:
             self._log = None
 
 
-def open_append(path: Path):
+def open_append(path: Path) -> TextIO:
     """Open for appending after cutting a line torn by a kill, so the next line starts clean."""
     path = Path(path)
     if path.exists():

@@ -14,11 +14,12 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
+from app.core.files import atomic_write
 from app.jobs.scan.checkpoint import GroupStats, open_append
 from app.jobs.scan.reader import Listing, RowError
 from app.jobs.scan.work import GroupResult
-from app.core.files import atomic_write
 
 MATCHES = "matches.jsonl"
 MATCHES_CSV = "matches.csv"
@@ -151,8 +152,8 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def _unique(rows: list[dict], key) -> list[dict]:
-    by_key = {}
+def _unique(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    by_key: dict[tuple, dict] = {}
     for r in rows:
         # A group's rows can be there twice only when a kill came between its checkpoint record and the
         # next group (the resume drops unrecorded groups' rows first): the two writes are the same.

@@ -13,11 +13,21 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
+from app.jobs.scan.sources import ImageSource
 from app.jobs.scan.work import (
-    DecodeConfig, Group, GroupResult, decode_ref, search_group, single_threaded_decode_process,
+    DecodeConfig,
+    Group,
+    GroupResult,
+    decode_ref,
+    search_group,
+    single_threaded_decode_process,
 )
+from app.pipeline.decode import DecodedImage
+
+if TYPE_CHECKING:  # the decode workers import this module too: no model or registry for them
+    from app.service import MatchingService
 
 
 def default_workers() -> int:
@@ -28,12 +38,12 @@ def default_workers() -> int:
 class LocalEngine:
     name = "local"
 
-    def __init__(self, service, workers: int | None = None, ahead: int = 4):
+    def __init__(self, service: MatchingService, workers: int | None = None, ahead: int = 4):
         self.service = service
         self.workers = workers or default_workers()
         self.ahead = max(1, ahead)
 
-    def run(self, groups: Iterable[Group], source, cfg: DecodeConfig, top_k: int, min_verdict: str,
+    def run(self, groups: Iterable[Group], source: ImageSource, cfg: DecodeConfig, top_k: int, min_verdict: str,
             emit: Callable[[GroupResult], None]) -> None:
         # spawn: the workers need only PIL, not a copy of this process's torch threads and model.
         ctx = multiprocessing.get_context("spawn")
@@ -56,10 +66,10 @@ class LocalEngine:
 
 
 # Each worker keeps its own source (open archive handles) and settings for all its jobs.
-_worker_state: tuple | None = None
+_worker_state: tuple[ImageSource, DecodeConfig] | None = None
 
 
-def _init_worker(source, cfg: DecodeConfig) -> None:
+def _init_worker(source: ImageSource, cfg: DecodeConfig) -> None:
     global _worker_state
     _worker_state = (source, cfg)
     single_threaded_decode_process()
@@ -79,6 +89,7 @@ def _leave_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _decode_in_worker(ref: str):
+def _decode_in_worker(ref: str) -> tuple[DecodedImage | None, str | None]:
+    assert _worker_state is not None  # set by _init_worker, the pool's initializer
     source, cfg = _worker_state
     return decode_ref(source, ref, cfg)

@@ -21,7 +21,15 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import ReadTask
 
 from app.core.config import Settings
-from app.jobs.scan.work import DecodeConfig, Group, GroupResult, decode_group, search_group, single_threaded_decode_process
+from app.jobs.scan.sources import ImageSource
+from app.jobs.scan.work import (
+    DecodeConfig,
+    Group,
+    GroupResult,
+    decode_group,
+    search_group,
+    single_threaded_decode_process,
+)
 
 GROUPS_PER_BLOCK = 1  # a block is the unit Ray decodes in parallel and hands to an actor
 
@@ -51,7 +59,7 @@ class RayEngine:
         ctx.enable_progress_bars = False  # the scan draws its own progress bar
         return ray
 
-    def run(self, groups: Iterable[Group], source, cfg: DecodeConfig, top_k: int, min_verdict: str,
+    def run(self, groups: Iterable[Group], source: ImageSource, cfg: DecodeConfig, top_k: int, min_verdict: str,
             emit: Callable[[GroupResult], None]) -> None:
         """``groups`` must be picklable and re-iterable in a Ray task (a ``GroupStream``)."""
         ray = self._connect()
@@ -99,7 +107,7 @@ def _group_blocks(groups: Iterable[Group]):
         yield pa.Table.from_pylist(rows)
 
 
-def _decode_row(row: dict, source, cfg: DecodeConfig) -> dict:
+def _decode_row(row: dict, source: ImageSource, cfg: DecodeConfig) -> dict:
     single_threaded_decode_process()  # a Ray CPU task: one core, as Ray counts it
     group: Group = pickle.loads(row["payload"])
     decoded = decode_group(source, group, cfg)

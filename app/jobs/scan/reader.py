@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from app.core.jsonl import parse_json_line
-from app.jobs.scan.sources import FolderSource, ImageUnavailable, TarSource, ZipSource, is_image_name, safe_name
+from app.jobs.scan.sources import (
+    FolderSource,
+    ImageSource,
+    ImageUnavailable,
+    TarSource,
+    ZipSource,
+    is_image_name,
+    safe_name,
+)
 
 LISTING_FIELDS = ("title", "description", "url", "price", "currency", "seller", "platform", "listed_at")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")
@@ -56,7 +64,7 @@ class RowError:
 class Dump:
     """One dump: its items in order and the source its image bytes are read from."""
 
-    def __init__(self, path: Path, kind: str, source, manifest: str | None = None):
+    def __init__(self, path: Path, kind: str, source: ImageSource, manifest: str | None = None):
         self.path = path
         self.kind = kind  # jsonl, csv, folder, tar, zip
         self.source = source
@@ -84,8 +92,9 @@ class Dump:
     def _tar_items(self) -> Iterator[Listing | RowError]:
         with tarfile.open(self.path, "r:*") as tar:
             if self.manifest:
-                member = tar.getmember(self.manifest)
-                with io.TextIOWrapper(tar.extractfile(member), encoding="utf-8-sig", errors="replace", newline="") as f:
+                raw = tar.extractfile(tar.getmember(self.manifest))
+                assert raw is not None  # open_dump picked the manifest among the regular files
+                with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f:
                     yield from parse_manifest(f, _manifest_kind(self.manifest))
                 return
             seq = 0

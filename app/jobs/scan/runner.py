@@ -11,16 +11,22 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.core.config import Settings
 from app.core.errors import AppError
-from app.pipeline.decode import thumbnail_jpeg, working_side
-from app.jobs.scan.checkpoint import Checkpoint, GroupStats, PINNED
+from app.jobs.scan.checkpoint import PINNED, Checkpoint, GroupStats
 from app.jobs.scan.fetch import FetchPolicy
 from app.jobs.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, discard_unrecorded, finalize_rows
-from app.jobs.scan.reader import DumpError, open_dump
+from app.jobs.scan.reader import Dump, DumpError, open_dump
 from app.jobs.scan.report import write_report
 from app.jobs.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, GroupStream
+from app.pipeline.decode import thumbnail_jpeg, working_side
+
+if TYPE_CHECKING:  # imported at run time where they are used (the Ray engine needs ray installed)
+    from app.jobs.scan.pipeline import LocalEngine
+    from app.jobs.scan.ray_engine import RayEngine
+    from app.service import MatchingService
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +84,8 @@ class Progress:
     def advance(self, listings: int, images: int) -> None: ...
 
 
-def run_scan(options: ScanOptions, settings: Settings, service=None, progress: Progress | None = None) -> ScanSummary:
+def run_scan(options: ScanOptions, settings: Settings, service: MatchingService | None = None,
+             progress: Progress | None = None) -> ScanSummary:
     from app.service import MatchingService
 
     t0 = time.perf_counter()
@@ -111,7 +118,9 @@ def run_scan(options: ScanOptions, settings: Settings, service=None, progress: P
         else:
             service.reconcile_index()
         service.check_index()  # no index, or one of another model: refuse before writing anything
-        if service.index.count == 0:
+        index = service.index
+        assert index is not None  # check_index() refuses a missing one
+        if index.count == 0:
             raise ScanRefused(f"the registry in {settings.data_dir} holds no indexed photo, so nothing could match: "
                               "check HM_DATA_DIR (or register artefacts first)")
         checkpoint.write_state({**wanted, "finished": False})
@@ -154,7 +163,8 @@ def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> 
     return state
 
 
-def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -> int:
+def _scan(options: ScanOptions, settings: Settings, service: MatchingService, dump: Dump, checkpoint: Checkpoint,
+          done: set[int], top_k: int, progress: Progress) -> int:
     cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=working_side(service.encoder.preprocessing.size),
                        fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes),
                        proposals=settings.region_proposals)
@@ -183,7 +193,7 @@ def _scan(options, settings, service, dump, checkpoint, done, top_k, progress) -
     return images
 
 
-def _engine(options: ScanOptions, settings: Settings, service):
+def _engine(options: ScanOptions, settings: Settings, service: MatchingService) -> LocalEngine | RayEngine:
     if options.engine == "ray":
         from app.jobs.scan.ray_engine import RayEngine
 
@@ -193,7 +203,8 @@ def _engine(options: ScanOptions, settings: Settings, service):
     return LocalEngine(service, options.workers)
 
 
-def _finish(options, service, checkpoint, wanted, images_this_run, wall_s) -> ScanSummary:
+def _finish(options: ScanOptions, service: MatchingService, checkpoint: Checkpoint, wanted: dict,
+            images_this_run: int, wall_s: float) -> ScanSummary:
     out = options.out
     matches, errors = finalize_rows(out)
     stats = checkpoint.done().values()
@@ -213,9 +224,9 @@ def _finish(options, service, checkpoint, wanted, images_this_run, wall_s) -> Sc
     return summary
 
 
-def registry_thumbnails(service, matches: list[dict]) -> dict[int, bytes]:
+def registry_thumbnails(service: MatchingService, matches: list[dict]) -> dict[int, bytes]:
     ids = sorted({m["registry_photo_id"] for m in matches})
-    thumbs = {}
+    thumbs: dict[int, bytes] = {}
     for photo in service.store.photos_by_ids(ids):
         try:
             thumbs[photo.id] = thumbnail_jpeg(service.decode(service.store.photos.read(photo.sha256, photo.format)).image)

@@ -13,6 +13,7 @@ import posixpath
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Protocol
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".bmp", ".gif"}
 URL_PREFIXES = ("http://", "https://")
@@ -20,6 +21,12 @@ URL_PREFIXES = ("http://", "https://")
 
 class ImageUnavailable(Exception):
     """The image named by a listing cannot be read (missing, unsafe path, too large, not fetched)."""
+
+
+class ImageSource(Protocol):
+    """What decode workers read a dump's images from: ``FolderSource``, ``TarSource`` or ``ZipSource``."""
+
+    def read(self, ref: str) -> bytes: ...
 
 
 def is_url(ref: str) -> bool:
@@ -110,6 +117,7 @@ class TarSource:
             raise ImageUnavailable(f"archive member {ref!r} is not a plain file")
         if member.size > self.max_bytes:
             raise ImageUnavailable(f"image {ref!r} is larger than the limit of {self.max_bytes // (1024 * 1024)} MB")
+        assert self._tar is not None  # opened by _open()
         f = self._tar.extractfile(member)
         return read_capped(f, self.max_bytes, f"image {ref!r}")
 
@@ -151,6 +159,7 @@ class ZipSource:
             raise ImageUnavailable(f"image {ref!r} is not in the archive")
         if info.file_size > self.max_bytes:
             raise ImageUnavailable(f"image {ref!r} is larger than the limit of {self.max_bytes // (1024 * 1024)} MB")
+        assert self._zip is not None  # opened by _open()
         with self._zip.open(info) as f:  # the declared size may lie: the read is capped too
             return read_capped(f, self.max_bytes, f"image {ref!r}")
 

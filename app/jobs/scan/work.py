@@ -10,14 +10,18 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from app.core.errors import AppError
-from app.pipeline.decode import DecodedImage, decode_image, thumbnail_jpeg
 from app.jobs.scan.fetch import FetchPolicy, fetch
 from app.jobs.scan.reader import Listing, RowError, open_dump
-from app.jobs.scan.sources import ImageUnavailable, has_scheme, is_url
+from app.jobs.scan.sources import ImageSource, ImageUnavailable, has_scheme, is_url
+from app.pipeline.decode import DecodedImage, decode_image, thumbnail_jpeg
 from app.pipeline.signature import analyse_photo
+
+if TYPE_CHECKING:  # decode workers import this module: they need no model, registry or schemas
+    from app.schemas import SearchResponse
+    from app.service import MatchingService
 
 VERDICT_RANK = {"no_match": 0, "possible": 1, "match": 2}
 THUMB_SIDE = 256
@@ -104,7 +108,7 @@ class GroupStream:
         return groups(open_dump(self.dump, self.max_bytes).items(), self.group_size, set(self.done))
 
 
-def read_image(source, ref: str, cfg: DecodeConfig) -> bytes:
+def read_image(source: ImageSource, ref: str, cfg: DecodeConfig) -> bytes:
     if is_url(ref):
         return fetch(ref, cfg.fetch)
     if has_scheme(ref):
@@ -112,7 +116,7 @@ def read_image(source, ref: str, cfg: DecodeConfig) -> bytes:
     return source.read(ref)
 
 
-def decode_ref(source, ref: str, cfg: DecodeConfig) -> tuple[DecodedImage | None, str | None]:
+def decode_ref(source: ImageSource, ref: str, cfg: DecodeConfig) -> tuple[DecodedImage | None, str | None]:
     """Read and decode one listing photo; never raises (a worker must not die of one bad photo)."""
     try:
         data = read_image(source, ref, cfg)
@@ -147,11 +151,11 @@ def single_threaded_decode_process() -> None:
         _decode_process_ready = True
 
 
-def decode_group(source, group: Group, cfg: DecodeConfig) -> dict[tuple[int, int], tuple]:
+def decode_group(source: ImageSource, group: Group, cfg: DecodeConfig) -> dict[tuple[int, int], tuple]:
     return {(seq, i): decode_ref(source, ref, cfg) for seq, i, ref in group.image_jobs()}
 
 
-def search_group(service, group: Group, decoded: dict[tuple[int, int], tuple], top_k: int,
+def search_group(service: MatchingService, group: Group, decoded: dict[tuple[int, int], tuple], top_k: int,
                  min_verdict: str) -> GroupResult:
     """Search a group's decoded photos in one batch; results below ``min_verdict`` are dropped."""
     keys = [k for k, (img, _) in decoded.items() if img is not None]
@@ -187,6 +191,6 @@ def search_group(service, group: Group, decoded: dict[tuple[int, int], tuple], t
     return GroupResult(group.number, listings)
 
 
-def _kept(response, min_verdict: str) -> list[dict]:
+def _kept(response: SearchResponse, min_verdict: str) -> list[dict]:
     floor = VERDICT_RANK[min_verdict]
     return [r.model_dump(mode="json") for r in response.results if VERDICT_RANK[r.verdict] >= floor]

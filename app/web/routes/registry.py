@@ -102,7 +102,7 @@ async def _photo_inputs(images: list[UploadFile] | None, view: str | None, limit
     files = [f for f in images or [] if f is not None and f.filename]
     if len(files) > MAX_PHOTOS_PER_REQUEST:
         raise AppError(f"At most {MAX_PHOTOS_PER_REQUEST} photos at once.", code="too_many_files")
-    return [PhotoInput(data=await read_upload(f, limit), view=view or None, label=f.filename) for f in files]
+    return [PhotoInput(data=await read_upload(f, limit), view=view or None, label=f.filename or "") for f in files]
 
 
 @router.get("/registry/new")
