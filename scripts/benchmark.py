@@ -1,7 +1,7 @@
 """Speed of the CPU path, measured in one run, next to the naive pipeline it replaces.
 
-    .venv/bin/python scripts/benchmark.py --json out/benchmark.json
-    .venv/bin/python scripts/benchmark.py --quick            # a short run (the test suite's)
+    .venv/bin/python -m scripts.benchmark --json out/benchmark.json
+    .venv/bin/python -m scripts.benchmark --quick            # a short run (the test suite's)
 
 What it measures (CLIP ViT-B-32; with random weights when no real ones are present, since speed does
 not depend on weight values):
@@ -26,8 +26,6 @@ Exports and the random checkpoint are kept in ``--work-dir`` so a second run sta
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import subprocess
@@ -41,46 +39,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# No more threads than the cores this process may use (2 on the development machine), in every
-# OpenMP and BLAS pool, before any of them loads.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(len(os.sched_getaffinity(0))))
-
-from app.core.config import Settings  # noqa: E402
+from app.core.config import Settings
+from scripts.common import (
+    ARCH,
+    ROOT,
+    add_json_option,
+    cores,
+    decoded_photos,
+    limit_threads,
+    naive_query,
+    percentile,
+    phone_jpeg,
+    project_queries,
+    random_clip_model,
+    script_parser,
+    stage,
+    timed,
+    write_json,
+)
 
 # The fp32 runtime the batch path (index rebuilds, imports, scans) uses where its check exists, with
 # HM_RUNTIME=onnx or openvino: OpenVINO's throughput plan, measured fastest for batches (docs/BENCHMARKS.md).
 BATCH_RUNTIME = "openvino"
-
-ARCH = "ViT-B-32"
-
-
-_T0 = time.perf_counter()
-
-
-def stage(name: str) -> None:
-    """Progress on stderr: a full run takes many minutes on 2 cores."""
-    print(f"[{time.perf_counter() - _T0:6.0f} s] {name}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def timed(fn, repeats: int, cpu: list[float] | None = None) -> list[float]:
-    """Wall times in ms of ``repeats`` calls, after one untimed warm-up call; with ``cpu``, the CPU
-    time of each call (all of this process's threads, in ms) is appended to it."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-        if cpu is not None:
-            cpu.append((time.process_time() - c) * 1000)
-    return out
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -94,16 +74,11 @@ def benchmark_model(work_dir: Path) -> tuple[str, bool]:
     spec = ClipSpec.parse(settings.clip_default)
     if spec.architecture == ARCH and find_clip_weights(spec, settings.models_dir) is not None:
         return settings.clip_default, True
-    checkpoint = work_dir / "vit-b-32-random.pt"
-    if not checkpoint.is_file():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_clip_checkpoint.py"), str(checkpoint),
-                        "--arch", ARCH], check=True, stdout=subprocess.DEVNULL)
-    return f"clip:{ARCH}:{checkpoint}", False
+    return random_clip_model(work_dir), False
 
 
 def ensure_exports(torch_encoder, model: str, models_dir: Path) -> dict:
-    from app.embedding.runtimes.onnx import export_onnx, export_paths
-    from app.embedding.runtimes.openvino import export_openvino
+    from app.embedding.export import export_onnx, export_openvino, export_paths
 
     metas = {}
     for runtime in ("onnx", "onnx-int8", "openvino"):
@@ -144,32 +119,6 @@ def image_gflop(visual, size: int) -> float:
 # --- inputs --------------------------------------------------------------------------------------
 
 
-def phone_jpeg(seed: int = 0, size=(4032, 3024)) -> bytes:
-    """A 12 MP JPEG with a photo's content and sensor-like noise (a real photograph, upscaled)."""
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(data.astronaut()).resize(size, Image.Resampling.BICUBIC)
-    arr = np.asarray(img).astype(np.int16) + rng.normal(0, 4, (size[1], size[0], 3)).astype(np.int16)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
-    return buf.getvalue()
-
-
-def decoded_photos(count: int) -> list[Image.Image]:
-    """Decoded photos at the size the service decodes a large JPEG to (``imaging.working_side``)."""
-    from app.embedding.runtimes.onnx import parity_images
-    from app.pipeline.decode import working_side
-
-    base = parity_images()
-    photos = []
-    for i in range(count):
-        img = base[i % len(base)]
-        scale = working_side(224) / min(img.size)
-        photos.append(img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR))
-    return photos
-
-
 def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     """Unit vectors in clusters of about 20, like views of related objects (uniform noise is no registry)."""
     centres = rng.standard_normal((max(1, n // 20), dim), dtype=np.float32)
@@ -181,47 +130,6 @@ def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # --- the measurements ----------------------------------------------------------------------------
-
-
-def naive_query(model: str, models_dir: Path, jpeg: bytes, repeats: int, device: str = "cpu") -> list[float]:
-    """Full decode, open_clip's own torchvision transforms, eager fp32 torch: what a first version does."""
-    import open_clip
-    import torch
-
-    from app.embedding import create_torch_encoder
-
-    encoder = create_torch_encoder(Settings(model=model, models_dir=models_dir, device=device)).load()
-    transform = open_clip.image_transform(encoder.preprocessing.size, is_train=False)
-
-    def run():
-        img = Image.open(io.BytesIO(jpeg)).convert("RGB")
-        with torch.no_grad():
-            encoder._visual(transform(img).unsqueeze(0).to(device)).cpu()  # back on the host: synchronised
-
-    return timed(run, repeats)
-
-
-def project_queries(settings: Settings, jpeg: bytes, repeats: int, regions_options=(False, True)) -> dict:
-    """``MatchingService.search`` on the demo registry: the API's code path, whole frame and with regions.
-
-    Wall times in ms per option, and under ``"cpu"`` the CPU time of each whole-frame search: divided by
-    the cores, the shortest wall time any overlap of its steps could reach. Under ``"decode_embed"``: the
-    service's decode and embedding of the photo alone, the two steps the naive pipeline is made of (no
-    index search, hash, colour, keypoints or verification).
-    """
-    from app.jobs.demo import seed_demo
-    from app.service import MatchingService
-
-    out: dict = {"cpu": []}
-    for regions in regions_options:
-        service = MatchingService(settings.model_copy(update={"region_proposals": regions})).start()
-        if service.index is None or service.index.count == 0:
-            seed_demo(service)
-        out[regions] = timed(lambda: service.search(jpeg, top_k=5), repeats, None if regions else out["cpu"])
-        if not regions:
-            out["decode_embed"] = timed(lambda: service.encoder.embed([service.decode(jpeg).image]), repeats)
-        service.close()
-    return out
 
 
 def batch_rate(encoder, photos: list[Image.Image]) -> float:
@@ -340,7 +248,9 @@ def search_at(n: int, dim: int, queries: int, seed: int = 0) -> dict:
 def run(args) -> dict:
     import torch
 
+    from app.core.threads import intra_op_threads
     from app.embedding import create_encoder, create_torch_encoder
+    from app.embedding.runtimes.onnx import OnnxImageEncoder
     from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 
     work_dir = args.work_dir
@@ -353,16 +263,17 @@ def run(args) -> dict:
     stage("model and exports")
     torch_encoder = create_torch_encoder(base).load()
     metas = ensure_exports(torch_encoder, model, models_dir)
-    fp32 = create_encoder(base.model_copy(update={"runtime": "onnx"})).load()
-    fp32.batches_on_openvino = False  # ONNX Runtime's own figure (the service sends batches to OpenVINO)
+    # The plain OnnxImageEncoder is ONNX Runtime alone: its own figure (the service's encoder for
+    # HM_RUNTIME=onnx, which create_encoder builds, sends batches to OpenVINO).
+    fp32 = OnnxImageEncoder.from_models_dir(model, models_dir, "onnx", threads=intra_op_threads(base)).load()
     int8 = create_encoder(base.model_copy(update={"runtime": "onnx-int8"})).load()
     # The OpenVINO encoder as the service and the CLI build it: latency plan for searches, throughput for batches.
     openvino = create_encoder(base.model_copy(update={"runtime": "openvino"})).load()
     openvino_latency = OpenVinoImageEncoder.from_models_dir(model, models_dir, hint="LATENCY").load()
     project = base.model_copy(update={"runtime": args.runtime})
 
-    r: dict = {"model": model, "real_weights": real_weights, "runtime": args.runtime, "threads": torch.get_num_threads(),
-               "cpus": os.cpu_count(), "quick": args.quick}
+    r: dict = {"model": model, "real_weights": real_weights, "runtime": args.runtime,
+               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "quick": args.quick}
     gflops = matmul_gflops(1024 if args.quick else 2048)
     per_image = image_gflop(torch_encoder._visual, torch_encoder.preprocessing.size)
     r.update(matmul_gflops=gflops, gflop_per_image=per_image, ceiling_img_per_s=gflops / per_image)
@@ -374,18 +285,19 @@ def run(args) -> dict:
     # The same search on the int8 runtime (its own vectors, so its own registry): the fastest CPU setting.
     int8_queries = project_queries(base.model_copy(update={"runtime": "onnx-int8", "data_dir": work_dir / "data-int8"}),
                                    jpeg, repeats, regions_options=(False,))
-    cores = r["cores"] = len(os.sched_getaffinity(0))  # the process's own cores, as the thread limits use
+    n_cores = r["cores"] = cores()  # the process's own cores, as the thread limits use
     r.update(
         int8_query_latency_ms_p50=percentile(int8_queries[False], 50),
         int8_query_latency_ms_p95=percentile(int8_queries[False], 95),
         int8_query_cpu_ms_p50=percentile(int8_queries["cpu"], 50),
-        int8_query_latency_bound_ms=percentile(int8_queries["cpu"], 50) / cores,
+        int8_query_latency_bound_ms=percentile(int8_queries["cpu"], 50) / n_cores,
     )
     r.update(
         query_jpeg_megapixels=12.2, query_jpeg_bytes=len(jpeg),
         naive_query_latency_ms_p50=percentile(naive, 50),
         query_latency_ms_p50=percentile(queries[False], 50), query_latency_ms_p95=percentile(queries[False], 95),
-        query_cpu_ms_p50=percentile(queries["cpu"], 50), query_latency_bound_ms=percentile(queries["cpu"], 50) / cores,
+        query_cpu_ms_p50=percentile(queries["cpu"], 50),
+        query_latency_bound_ms=percentile(queries["cpu"], 50) / n_cores,
         query_decode_embed_ms_p50=percentile(queries["decode_embed"], 50),
         query_with_regions_latency_ms_p50=percentile(queries[True], 50),
         query_with_regions_latency_ms_p95=percentile(queries[True], 95),
@@ -437,6 +349,7 @@ def run(args) -> dict:
     r.setdefault("search_ms_1m", None)
     r.setdefault("search_recall_at_10_1m", None)
 
+    mb = r["micro_batching"]
     r["ratios"] = {
         "query_speed-up": r["naive_query_latency_ms_p50"] / r["query_latency_ms_p50"],
         "int8_query_speed-up": r["naive_query_latency_ms_p50"] / r["int8_query_latency_ms_p50"],
@@ -445,9 +358,8 @@ def run(args) -> dict:
         "onnx_fp32_of_ceiling": r["onnx_fp32_img_per_s"] / r["ceiling_img_per_s"],
         "openvino_of_ceiling": r["openvino_img_per_s"] / r["ceiling_img_per_s"],
         "int8_over_fp32": r["int8_img_per_s"] / r["batch_img_per_s"],
-        "micro_batching_speed-up": r["micro_batching"]["batched_img_per_s"] / r["micro_batching"]["unbatched_img_per_s"],
-        "micro_batching_single_caller_ms_added": (r["micro_batching"]["single_batched_ms_p50"]
-                                                  - r["micro_batching"]["single_unbatched_ms_p50"]),
+        "micro_batching_speed-up": mb["batched_img_per_s"] / mb["unbatched_img_per_s"],
+        "micro_batching_single_caller_ms_added": mb["single_batched_ms_p50"] - mb["single_unbatched_ms_p50"],
         "cold_start_speed-up": r["naive_cold_start_s"] / r["cold_start_s"],
     }
     return r
@@ -504,8 +416,9 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, help="Also write the figures to this file.")
+    limit_threads()  # before torch, ONNX Runtime or OpenVINO size their pools
+    parser = script_parser(__doc__)
+    add_json_option(parser)
     parser.add_argument("--quick", action="store_true", help="Few repeats, 8 photos, search at 10k only.")
     parser.add_argument("--runtime", default="onnx", choices=["torch", "onnx", "onnx-int8", "openvino"],
                         help="The project's runtime for the query, micro-batching and cold-start figures.")
@@ -521,8 +434,7 @@ def main() -> None:
     result = run(args)
     print(table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

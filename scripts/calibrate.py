@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Fit the calibrated score and the verdict thresholds of the active model on benchmark packs.
 
 Every pack is evaluated through the search code of the API; every returned candidate becomes one
@@ -8,7 +7,7 @@ so that wrong first answers (registered queries answered with another object, an
 objects) are rarely called `match`, and `possible` so that nearly every right first answer is at least
 `possible`. The result is written with the data it came from to ``app/pipeline/calibrations/<model>.json``.
 
-    HM_MODEL=efficientnet-lite0 .venv/bin/python scripts/calibrate.py \\
+    HM_MODEL=efficientnet-lite0 .venv/bin/python -m scripts.calibrate \\
         ../shared/benchmarks/museum-paintings ../shared/benchmarks/coil100-views out/coins-listing
 
 ``--cross-check`` also fits on all packs but one and reports the held-out pack's figures, which say
@@ -17,7 +16,6 @@ how well the calibration carries over to packs it has not seen.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -26,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import app
+from app.core.config import get_settings
+from app.embedding import create_encoder
+from app.jobs.evaluate import evaluate_pack
+from app.pipeline.calibrate import FEATURES, Calibration, Evidence, calibration_path, uncalibrated
+from app.pipeline.search import VERIFIED_CANDIDATES
+from scripts.common import script_parser, write_json
 
-from app.pipeline.calibrate import FEATURES, Calibration, Evidence, calibration_path, uncalibrated  # noqa: E402
-from app.core.config import get_settings  # noqa: E402
-from app.embedding import create_encoder  # noqa: E402
-from app.jobs.evaluate import evaluate_pack  # noqa: E402
-from app.service import VERIFIED_CANDIDATES  # noqa: E402
+# The search code whose results the candidate cache keeps: the app package this process imported.
+APP_CODE = Path(app.__file__).resolve().parent
 
 # Share of wrong first answers allowed to reach `match` on the fitting data: none. A 0.5% allowance
 # let one unregistered coin of 40 through on the coins' pack; packs the fit has not seen fare worse.
@@ -51,7 +51,7 @@ POSSIBLE_RECALL = 0.99
 
 def candidate_rows(pack: Path, cache: Path, settings, encoder) -> list[dict]:
     """The pack's candidates with evidence, cached by pack content, model, settings and search code."""
-    code = b"".join(p.read_bytes() for p in sorted((ROOT / "app").rglob("*.py")))
+    code = b"".join(p.read_bytes() for p in sorted(APP_CODE.rglob("*.py")))
     key = hashlib.sha256(
         (pack / "queries.jsonl").read_bytes() + (pack / "references.jsonl").read_bytes()
         + encoder.fingerprint.id.encode() + settings.model_dump_json().encode() + code
@@ -184,7 +184,7 @@ def calibrate(rows: list[dict], model: str) -> Calibration:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("packs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, help="calibration file (default: app/pipeline/calibrations/<model>.json)")
     ap.add_argument("--cache", type=Path, default=Path("out/calibration-cache"))
@@ -228,8 +228,7 @@ def main() -> None:
     cal = Calibration(cal.model, cal.weights, cal.bias, cal.match, cal.possible, cal.background_cosine,
                       source=source)
     out = args.out or calibration_path(fp.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cal.to_json(), indent=2) + "\n", encoding="utf-8")
+    write_json(out, cal.to_json())
     print(json.dumps(cal.to_json(), indent=2))
     print(f"written: {out}", file=sys.stderr)
 

@@ -1,8 +1,8 @@
 """The GPU path in one run: CLIP ViT-B-32 (random weights: speed does not depend on weight values)
 through the project's own ``ClipEncoder`` on CUDA, next to fp32 and the naive pipeline.
 
-    python3 scripts/gpu_benchmark.py --device cuda --json out/gpu.json
-    .venv/bin/python scripts/gpu_benchmark.py --device cpu --quick --json /tmp/gpu-test.json   # a check without a GPU
+    python3 -m scripts.gpu_benchmark --device cuda --json out/gpu.json
+    .venv/bin/python -m scripts.gpu_benchmark --device cpu --quick --json /tmp/gpu-test.json   # a check without a GPU
 
 What it measures:
 
@@ -29,8 +29,6 @@ cut short still leaves what it measured.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -41,36 +39,35 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from scripts import common
+from scripts.common import (
+    ARCH,
+    add_json_option,
+    cores,
+    decoded_photos,
+    elapsed,
+    limit_threads,
+    naive_query,
+    percentile,
+    phone_jpeg,
+    project_queries,
+    random_clip_model,
+    script_parser,
+    timed,
+    write_json,
+)
 
 # open_clip imports transformers where it is installed (the GPU machine's image has it, the project does
 # not depend on it): seconds of import and another library's versions in play for nothing, since the
 # ViT-B-32 image tower never uses it. Refused here, open_clip takes its ImportError path, as in .venv.
 sys.modules.setdefault("transformers", None)
 
-ARCH = "ViT-B-32"
 BATCH_SIZES = (1, 32, 64, 128, 256)
-_T0 = time.perf_counter()
 
 
 def stage(name: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.1f} s] {name}", flush=True)
-
-
-def cpu_benchmark():
-    """scripts/benchmark.py as a module (phone_jpeg, project_queries, timed, percentile, decoded_photos)."""
-    if "hm_cpu_benchmark" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hm_cpu_benchmark", ROOT / "scripts" / "benchmark.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hm_cpu_benchmark"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["hm_cpu_benchmark"]
-
-
-def percentile(values, q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+    """Progress on stdout here, between the figures of each section."""
+    common.stage(name, sys.stdout)
 
 
 # --- the machine and the model ----------------------------------------------------------------------
@@ -80,7 +77,7 @@ def machine(device: str) -> dict:
     import torch
 
     r = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cpus": os.cpu_count(),
-         "cpu_affinity": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
+         "cpu_affinity": cores(), "python": sys.version.split()[0],
          "torch_threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
@@ -127,27 +124,12 @@ def package_versions() -> dict:
     return out
 
 
-def random_checkpoint(work_dir: Path) -> Path:
-    """What scripts/make_random_clip_checkpoint.py writes (seed 0), made in this process."""
-    import open_clip
-    import torch
-
-    path = work_dir / "vit-b-32-random.pt"
-    if not path.is_file():
-        torch.manual_seed(0)
-        model = open_clip.create_model(ARCH)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-        del model
-    return path
-
-
 # --- batches ------------------------------------------------------------------------------------------
 
 
 def pixel_batch(encoder, n: int) -> np.ndarray:
     """(n, 3, S, S) preprocessed inputs: the parity photos, decoded as the service decodes them, tiled to n."""
-    photos = cpu_benchmark().decoded_photos(10)
+    photos = decoded_photos(10)
     base = encoder.preprocessing.batch(photos)
     return np.ascontiguousarray(base[np.arange(n) % len(base)])
 
@@ -237,7 +219,6 @@ def batch_throughput(encoder, device: str, sizes: tuple[int, ...], min_s: float)
             stage(f"  embed_pixels fp32 batch {n}: {r:,.0f} img/s")
         # The service's default forward-pass size (HM_BATCH_SIZE=16) on a large batch.
         from app.core.config import Settings
-
         from app.embedding import batch_size_for
 
         default = batch_size_for(Settings(), device)
@@ -270,10 +251,10 @@ def batch_throughput(encoder, device: str, sizes: tuple[int, ...], min_s: float)
 def parity(encoder, cpu_encoder, device: str) -> dict:
     """Cosine of the service's vectors on this device (fp16 on CUDA) to fp32 here and to fp32 on the CPU."""
     from app.embedding.base import l2_normalise
-    from app.embedding.runtimes.onnx import parity_images
+    from app.embedding.export import parity_images
 
     images = parity_images()
-    photos = images + cpu_benchmark().decoded_photos(10)  # also at the scale the service decodes to
+    photos = images + decoded_photos(10)  # also at the scale the service decodes to
     pixels = encoder.preprocessing.batch(photos)
     served = encoder.embed_pixels(pixels)  # as the service runs it: TF32 for a small batch on CUDA
     # and fp16 autocast for a large one (the same photos, tiled to a batch of FP16_MIN_BATCH)
@@ -314,7 +295,7 @@ def single_latency(encoder, device: str, repeats: int) -> dict:
 
     from app.embedding.runtimes.torch_inference import inference_context
 
-    photo = cpu_benchmark().decoded_photos(1)[0]
+    photo = decoded_photos(1)[0]
     times = []
     for i in range(repeats + 3):
         t = time.perf_counter()
@@ -343,10 +324,10 @@ def single_latency(encoder, device: str, repeats: int) -> dict:
 # --- the 12 MP query ----------------------------------------------------------------------------------
 
 
-def naive_query(model: str, models_dir: Path, device: str, jpeg: bytes, repeats: int) -> list[float]:
-    """scripts/benchmark.py's naive pipeline on ``device``, its GPU memory released after."""
+def naive_query_on(model: str, models_dir: Path, device: str, jpeg: bytes, repeats: int) -> list[float]:
+    """The CPU benchmark's naive pipeline on ``device``, its GPU memory released after."""
     try:
-        return cpu_benchmark().naive_query(model, models_dir, jpeg, repeats, device=device)
+        return naive_query(model, models_dir, jpeg, repeats, device=device)
     finally:
         if device.startswith("cuda"):
             import torch
@@ -357,25 +338,24 @@ def naive_query(model: str, models_dir: Path, device: str, jpeg: bytes, repeats:
 def queries(model: str, models_dir: Path, data_dir: Path, device: str, repeats: int) -> dict:
     from app.core.config import Settings
 
-    bench = cpu_benchmark()
-    jpeg = bench.phone_jpeg()
+    jpeg = phone_jpeg()
     settings = Settings(model=model, models_dir=models_dir, data_dir=data_dir, device=device, runtime="torch")
     stage("  project search (seeds the demo registry first)")
-    project = bench.project_queries(settings, jpeg, repeats)  # {False: whole frame, True: with regions}
+    project = project_queries(settings, jpeg, repeats)  # {False: whole frame, True: with regions}
     stage("  naive pipeline")
-    naive = naive_query(model, models_dir, device, jpeg, repeats)
+    naive = naive_query_on(model, models_dir, device, jpeg, repeats)
 
     from app.service import MatchingService
 
     service = MatchingService(settings).start()
     try:
-        decode = bench.timed(lambda: service.decode(jpeg), repeats)
+        decode = timed(lambda: service.decode(jpeg), repeats)
         decoded = service.decode(jpeg)
-        embed = bench.timed(lambda: service.encoder.embed([decoded.image]), repeats)
+        embed = timed(lambda: service.encoder.embed([decoded.image]), repeats)
         response = service.search(jpeg, top_k=5)
     finally:
         service.close()
-    p = lambda v, q: percentile(v, q)  # noqa: E731
+    p = percentile
     return {
         "jpeg_bytes": len(jpeg), "megapixels": 12.2, "repeats": repeats,
         "naive_ms_p50": p(naive, 50), "naive_ms_p95": p(naive, 95),
@@ -412,7 +392,7 @@ def decode_rates(encoder, procs_list: list[int], per_proc: int) -> dict:
     from concurrent.futures import ProcessPoolExecutor
     from dataclasses import asdict
 
-    jpeg = cpu_benchmark().phone_jpeg()
+    jpeg = phone_jpeg()
     pre = asdict(encoder.preprocessing)
     out = {}
     ctx = multiprocessing.get_context("spawn")  # the parent holds CUDA and thread pools: no fork
@@ -435,10 +415,9 @@ def run(args) -> dict:
     r: dict = {"device": args.device, "quick": args.quick, "errors": {}}
 
     def save():
-        r["elapsed_s"] = round(time.perf_counter() - _T0, 1)
+        r["elapsed_s"] = round(elapsed(), 1)
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(r, indent=2, default=str))
+            write_json(args.json, r)
 
     def section(name: str, fn):
         stage(name)
@@ -461,10 +440,8 @@ def run(args) -> dict:
 
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hm-gpu-bench-"))
     models_dir = work_dir / "models"
-    stage("random ViT-B-32 checkpoint")
-    checkpoint = random_checkpoint(work_dir)
-    model = f"clip:{ARCH}:{checkpoint}"
-    r["model"] = model
+    stage(f"random {ARCH} checkpoint")
+    model = r["model"] = random_clip_model(work_dir)
 
     from app.core.config import Settings
     from app.embedding import create_torch_encoder
@@ -475,6 +452,9 @@ def run(args) -> dict:
                     "param_device": str(next(encoder._visual.parameters()).device)}
     sizes = (1, 4, 8) if args.quick else BATCH_SIZES
     min_s = 0.2 if args.quick else args.min_seconds
+    # The CPU benchmark's thread limits, set here as loading its code for the first section always did:
+    # they hold for the processes this run starts (the decode workers); torch's pool is already sized.
+    limit_threads()
     section("batch", lambda: batch_throughput(encoder, args.device, sizes, min_s))
 
     def cpu_reference():
@@ -491,15 +471,15 @@ def run(args) -> dict:
 
     section("parity", parity_section)
     section("single", lambda: single_latency(encoder, args.device, 20 if args.quick else 100))
-    del encoder
+    encoder = None  # the sections that use it are done: its (GPU) memory goes back
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     repeats = 3 if args.quick else args.repeats
     section("query", lambda: queries(model, models_dir, work_dir / "data", args.device, repeats))
 
     if not args.no_decode:
-        cores = len(os.sched_getaffinity(0))
-        procs = sorted({p for p in (1, 4, 8, 16, cores) if p <= cores})
+        n_cores = cores()
+        procs = sorted({p for p in (1, 4, 8, 16, n_cores) if p <= n_cores})
         if args.quick:
             procs = procs[:1]
 
@@ -588,10 +568,10 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cuda (default) or cpu (a check without a GPU)")
-    parser.add_argument("--json", type=Path, help="Also write the figures to this file (rewritten after each section).")
+    add_json_option(parser, "Also write the figures to this file (rewritten after each section).")
     parser.add_argument("--quick", action="store_true", help="Batch sizes 1, 4, 8, few repeats: a check, not a figure.")
     parser.add_argument("--repeats", type=int, default=20, help="Timed 12 MP queries per pipeline.")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="Timed seconds per batch figure.")
@@ -605,7 +585,7 @@ def main() -> None:
     except Exception as exc:
         result["imported_distributions"] = f"{type(exc).__name__}: {exc}"
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
     try:
         print(table(result), flush=True)
     except Exception:  # the figures are in the JSON already; show them raw rather than nothing

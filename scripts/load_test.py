@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Concurrent load on a heritage-match server over loopback: searches mixed with registrations.
 
-    .venv/bin/python scripts/load_test.py --clients 32 --duration 60            # starts its own server
-    .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8000 --key KEY  # a running server
+    .venv/bin/python -m scripts.load_test --clients 32 --duration 60            # starts its own server
+    .venv/bin/python -m scripts.load_test --url http://127.0.0.1:8000 --key KEY  # a running server
 
 With no --url it starts `uvicorn` on a free loopback port with a throw-away data directory, the
 offline model, no rate limit (one key drives every client) and a registrar key, and stops it at the
@@ -12,10 +12,8 @@ Reports requests, errors and p50/p95 latency per kind as JSON; exits 1 when any 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import random
@@ -31,25 +29,19 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
+import app
+from scripts.common import add_json_option, jpeg_bytes, random_scene, script_parser, write_json
+
+# The folder the app package was imported from: the server process imports the same one.
+APP_ROOT = Path(app.__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 REQUEST_TIMEOUT_S = 120  # a queued request on a saturated 2-core machine is slow, not failed
 
 
 def photo(seed: int, size=(320, 240)) -> bytes:
     """A distinct synthetic photo: smooth random colours with shapes on top."""
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(10):
-        x0, y0 = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
-        box = (x0, y0, x0 + int(rng.integers(10, 120)), y0 + int(rng.integers(10, 120)))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    return jpeg_bytes(random_scene(np.random.default_rng(seed), size, rectangles=True), quality=85)
 
 
 @dataclass
@@ -152,7 +144,6 @@ def free_port() -> int:
 @contextlib.contextmanager
 def local_server(model: str = "efficientnet-lite0", extra_env: dict | None = None, start_timeout: float = 180):
     """A uvicorn server on a free loopback port with a fresh data directory; yields (url, registrar key)."""
-    sys.path.insert(0, str(ROOT))
     from app.registry.store import RegistryStore
     from app.security.keys import KeyStore
 
@@ -164,7 +155,7 @@ def local_server(model: str = "efficientnet-lite0", extra_env: dict | None = Non
         store.close()
         port = free_port()
         env = {**os.environ, "HM_DATA_DIR": str(data), "HM_MODEL": model, "HM_RATE_LIMIT_PER_MINUTE": "0",
-               "PYTHONPATH": str(ROOT), **(extra_env or {})}
+               "PYTHONPATH": str(APP_ROOT), **(extra_env or {})}
         log = open(Path(tmp) / "server.log", "wb")
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
                                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
@@ -193,7 +184,7 @@ def local_server(model: str = "efficientnet-lite0", extra_env: dict | None = Non
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("--url", help="a running server on loopback; default: start one")
     ap.add_argument("--key", help="API key (registrar or admin) for --url")
     ap.add_argument("--clients", type=int, default=32)
@@ -201,7 +192,7 @@ def main() -> int:
     ap.add_argument("--max-requests", type=int, default=20_000)
     ap.add_argument("--register-share", type=float, default=0.2, help="share of client steps that register")
     ap.add_argument("--model", default="efficientnet-lite0", help="HM_MODEL of the started server")
-    ap.add_argument("--json", type=Path, help="also write the report here")
+    add_json_option(ap, "also write the report here")
     args = ap.parse_args()
     if args.url and not args.key:
         ap.error("--url needs --key")
@@ -215,10 +206,9 @@ def main() -> int:
         with local_server(args.model) as (url, key):
             report = go(url, key)
     report["cpu_count"] = os.cpu_count()
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.json:
-        args.json.write_text(text + "\n")
+        write_json(args.json, report)
     return 1 if report["errors"] else 0
 
 

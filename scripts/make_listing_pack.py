@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Make a seeded "listing transforms" benchmark pack from a registry.
 
 Every registry photo becomes a reference; each object's first photo is put through the listing
@@ -6,14 +5,13 @@ transforms of ``app/jobs/listing_transforms.py`` (crop, rotation, perspective, c
 watermark, screenshot, composite, downscale to 300 px) as queries; ``--lots`` adds photos of two
 objects together, ``--holdout`` leaves objects out of the references for open-set queries.
 
-    .venv/bin/python scripts/make_listing_pack.py --demo-coins out/coins-listing
-    .venv/bin/python scripts/make_listing_pack.py --data-dir index out/my-registry-listing --holdout 20
+    .venv/bin/python -m scripts.make_listing_pack --demo-coins out/coins-listing
+    .venv/bin/python -m scripts.make_listing_pack --data-dir index out/my-registry-listing --holdout 20
     .venv/bin/heritage-match evaluate out/coins-listing
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -21,9 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.jobs.listing_transforms import write_pack  # noqa: E402
+from app.jobs.listing_transforms import write_pack
+from scripts.common import script_parser
 
 
 def demo_coin_objects():
@@ -53,7 +50,7 @@ def registry_objects(data_dir: Path, limit: int | None):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("out", type=Path, help="folder of the new pack (must not exist)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--demo-coins", action="store_true", help="the 24 demo coins")

@@ -1,11 +1,11 @@
-#!/usr/bin/env python
 """Copy a benchmark pack with every photo resized to another long side (and optional sensor noise).
 
 The decode and the keypoints depend on a photo's size, so a calibration fitted on 1280 px photos
 should be checked on photos of the size a deployment receives (12 MP phone photos, 1024 px listings):
 
-    .venv/bin/python scripts/resize_pack.py ../shared/benchmarks/museum-paintings out/museum-12mp --long-side 4032 --noise 3
-    .venv/bin/python scripts/resize_pack.py ../shared/benchmarks/museum-paintings out/museum-1024 --long-side 1024
+    .venv/bin/python -m scripts.resize_pack ../shared/benchmarks/museum-paintings out/museum-12mp \\
+        --long-side 4032 --noise 3
+    .venv/bin/python -m scripts.resize_pack ../shared/benchmarks/museum-paintings out/museum-1024 --long-side 1024
     HM_MODEL=efficientnet-lite0 .venv/bin/heritage-match evaluate out/museum-12mp
 
 The copy is of third-party photos: keep it out of the repository, like the pack itself.
@@ -13,7 +13,6 @@ The copy is of third-party photos: keep it out of the repository, like the pack 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,20 +20,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from scripts.common import script_parser, sensor_noise
+
 
 def resize_photo(src: Path, dst: Path, long_side: int, noise: float, rng: np.random.Generator, quality: int) -> None:
     img = ImageOps.exif_transpose(Image.open(src)).convert("RGB")
     scale = long_side / max(img.size)
     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
     if noise > 0:  # an upscaled photo is unnaturally smooth; a phone sensor's noise is not
-        arr = np.asarray(img).astype(np.int16) + rng.normal(0, noise, (img.height, img.width, 3)).astype(np.int16)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        img = sensor_noise(img, noise, rng)
     dst.parent.mkdir(parents=True, exist_ok=True)
     img.save(dst, "JPEG", quality=quality)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("pack", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--long-side", type=int, required=True, help="Long side of every photo, in pixels.")

@@ -13,15 +13,15 @@ data directory, then measures
 4. the scan: ``heritage-match scan`` end to end (read, draft decode and analysis in worker
    processes, embedding, search, verification, writing), timed from start to the last output;
 
-and prints them with the ratios scan / raw embedding and scan / search path. The photos are deleted afterwards (``--keep`` keeps them).
+and prints them with the ratios scan / raw embedding and scan / search path. The photos are deleted
+afterwards (``--keep`` keeps them).
 
-    .venv/bin/python scripts/scan_benchmark.py --images 500 --model efficientnet-lite0
-    .venv/bin/python scripts/scan_benchmark.py --images 500 --model clip-random   # ViT-B-32, random weights
+    .venv/bin/python -m scripts.scan_benchmark --images 500 --model efficientnet-lite0
+    .venv/bin/python -m scripts.scan_benchmark --images 500 --model clip-random   # ViT-B-32, random weights
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from scripts.common import add_json_option, random_clip_model, random_scene, script_parser, write_json
 
 PHONE = (3000, 4000)
 
@@ -40,13 +42,7 @@ def make_photo(args: tuple[int, Path, bool]) -> int:
     """One synthetic 12 MP photo: smooth scene, shapes, a coin for some, noise; JPEG quality 90."""
     seed, path, with_coin = args
     rng = np.random.default_rng(seed)
-    small = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((PHONE[0] // 4, PHONE[1] // 4), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(10):
-        x0, y0 = int(rng.integers(0, img.width)), int(rng.integers(0, img.height))
-        x1, y1 = x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))
-        draw.ellipse((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    img = random_scene(rng, (PHONE[0] // 4, PHONE[1] // 4), levels=(40, 220), shape_size=(20, 300))
     if with_coin:
         coin = _coins()[seed % 24].image.resize((400, 400), Image.Resampling.BICUBIC)
         img.paste(coin, (img.width // 2 - 200, img.height // 2 - 200))
@@ -100,7 +96,8 @@ def search_only(service, dump: Path, n: int) -> float:
     service.search_images(decoded[:2])  # warm-up
     done, t0 = 0, time.perf_counter()
     while done < n:
-        chunk = decoded[(done % 32):(done % 32) + 16]
+        start = done % len(decoded)  # cycle over the photos there are (fewer than 32 with --images < 32)
+        chunk = decoded[start:start + 16]
         service.search_images(chunk)
         done += len(chunk)
     return done / (time.perf_counter() - t0)
@@ -140,19 +137,22 @@ def cpu_costs(service, dump: Path, n: int = 32) -> dict:
     total = decode + analysis + search
     # The search embeds the whole frame and each object proposal: the model's work per photo.
     crops = float(np.mean([1 + len(a.analysis.proposals or []) for a in analysed]))
-    return {"crops_per_photo": round(crops, 2),"decode_cpu_ms": round(decode * 1000, 1), "analysis_cpu_ms": round(analysis * 1000, 1),
-            "search_cpu_ms": round(search * 1000, 1), "embedding_cpu_ms": round(embedding * 1000, 1),
+    return {"crops_per_photo": round(crops, 2), "decode_cpu_ms": round(decode * 1000, 1),
+            "analysis_cpu_ms": round(analysis * 1000, 1), "search_cpu_ms": round(search * 1000, 1),
+            "embedding_cpu_ms": round(embedding * 1000, 1),
             "scan_cpu_ms": round(total * 1000, 1), "ratio_bound": round(embedding / total, 3)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0, clip-random or an HM_MODEL spec")
+    parser.add_argument("--model", default="efficientnet-lite0",
+                        help="efficientnet-lite0, clip-random or an HM_MODEL spec")
     parser.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1)")
-    parser.add_argument("--no-regions", action="store_true", help="search the whole frame only (HM_REGION_PROPOSALS=false)")
+    parser.add_argument("--no-regions", action="store_true",
+                        help="search the whole frame only (HM_REGION_PROPOSALS=false)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the generated dump in this folder")
-    parser.add_argument("--json", type=Path, default=None)
+    add_json_option(parser, None)
     args = parser.parse_args()
 
     from app.core.config import Settings
@@ -164,13 +164,7 @@ def main() -> None:
     try:
         model = args.model
         if model == "clip-random":
-            import open_clip
-            import torch
-
-            torch.manual_seed(0)
-            ckpt = tmp / "vit-b-32-random.pt"
-            torch.save(open_clip.create_model("ViT-B-32").state_dict(), ckpt)
-            model = f"clip:ViT-B-32:{ckpt}"
+            model = random_clip_model(tmp)
         dump = args.keep or tmp / "dump"
         t0 = time.perf_counter()
         if not (dump.is_dir() and len(list(dump.glob("*.jpg"))) >= args.images):
@@ -202,14 +196,15 @@ def main() -> None:
             "ratio_to_search_only": round(summary.images_per_s / searched, 3),
             "cpu_per_photo": costs, "model_utilisation": round(utilisation, 3),
         }
-        print(f"scan: {summary.images_per_s:.1f} images/s end to end ({summary.images} images in {summary.wall_s:.1f} s)")
+        print(f"scan: {summary.images_per_s:.1f} images/s end to end "
+              f"({summary.images} images in {summary.wall_s:.1f} s)")
         print(f"ratio scan / raw embedding: {ratio:.1%}; scan / search path on decoded photos: "
               f"{summary.images_per_s / searched:.1%}")
         print(f"model utilisation (crops embedded per second / raw embedding throughput): {utilisation:.1%}; "
               f"CPU bound on the photo ratio: {costs['ratio_bound']:.1%}")
         print(json.dumps(result))
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.json, result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

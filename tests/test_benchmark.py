@@ -17,7 +17,7 @@ KEYS = ("query_latency_ms_p50", "query_latency_ms_p95", "naive_query_latency_ms_
 def test_quick_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--json", str(out),
+        [sys.executable, "-m", "scripts.benchmark", "--quick", "--json", str(out),
          "--work-dir", str(tmp_path / "work"), "--sizes", "2000,100000"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )

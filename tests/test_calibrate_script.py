@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 
-from tests.conftest import ROOT
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("calibrate_script", ROOT / "scripts" / "calibrate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import calibrate as script
 
 
 def synthetic_rows(seed: int) -> list[dict]:
@@ -38,7 +30,6 @@ def synthetic_rows(seed: int) -> list[dict]:
 
 
 def test_fit_learns_non_negative_weights_and_safe_thresholds():
-    script = load_script()
     rows = synthetic_rows(1)
     cal = script.calibrate(rows, "synthetic")
     assert all(w >= 0 for w in cal.weights.values()), cal.weights
@@ -53,7 +44,6 @@ def test_fit_learns_non_negative_weights_and_safe_thresholds():
 
 
 def test_rescoring_reranks_each_query_by_calibrated_score():
-    script = load_script()
     rows = synthetic_rows(3)
     cal = script.calibrate(rows, "synthetic")
     ranked = script.rescore(rows, cal)
@@ -68,5 +58,5 @@ def test_rescoring_reranks_each_query_by_calibrated_score():
 def test_the_fit_sees_each_querys_nearest_candidates_by_cosine():
     rows = [{"pack": "p", "query": q, "cosine": c, "rank": r} for q in ("a", "b")
             for r, c in enumerate([0.5, 0.9, 0.1, 0.7], start=1)]
-    kept = load_script().nearest(rows, 2)
+    kept = script.nearest(rows, 2)
     assert sorted((r["query"], r["cosine"]) for r in kept) == [("a", 0.7), ("a", 0.9), ("b", 0.7), ("b", 0.9)]

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def _load_test_module():
-    spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_test as load
 
 
 @pytest.mark.timeout(300)
 def test_concurrent_searches_and_registrations_without_errors():
-    load = _load_test_module()
     with load.local_server() as (url, key):
         report = asyncio.run(load.run_load(url, key, clients=6, duration=5, max_requests=150, register_share=0.3))
     assert report["errors"] == 0, report["error_kinds"]
@@ -30,6 +19,5 @@ def test_concurrent_searches_and_registrations_without_errors():
 
 
 def test_only_loopback_is_load_tested():
-    load = _load_test_module()
     with pytest.raises(SystemExit, match="loopback only"):
         asyncio.run(load.run_load("http://10.0.0.1:8000", "k", clients=1, duration=1))
