@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("query_latency_ms_p50", "query_latency_ms_p95", "naive_query_latency_ms_p50", "batch_img_per_s",
         "ceiling_img_per_s", "int8_img_per_s", "int8_cosine_min", "cold_start_s", "search_ms_100k",
         "search_recall_at_10_100k", "matmul_gflops")
