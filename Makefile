@@ -4,14 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install demo serve clean chromium
+.PHONY: run test lint install demo serve clean chromium
 
 run: install
 	$(BIN)/heritage-match demo --if-empty
 	$(BIN)/heritage-match serve
 
-test: install chromium
+test: install chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Gates before the tests: ruff (pyflakes, pycodestyle, import order) on all code, mypy on app/.
+lint: install
+	$(BIN)/ruff check app scripts tests
+	$(BIN)/mypy
 
 install: $(STAMP)
 

@@ -46,7 +46,8 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         app.state.keys = KeyStore(app.state.service.store.sessions)
         app.state.audit = AuditLog(app.state.service.store.sessions)
         if not settings.auth:
-            log.warning("HM_AUTH=false: every request acts as an admin without a key. Use on a single-user machine only.")
+            log.warning("HM_AUTH=false: every request acts as an admin without a key. "
+                        "Use on a single-user machine only.")
         elif not any(k.revoked_at is None for k in app.state.keys.list()):
             log.warning("No API key exists yet, so every /v1 request is refused: create one with "
                         "`heritage-match keys create --name NAME --role officer`.")

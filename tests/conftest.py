@@ -36,7 +36,7 @@ def encoder() -> EfficientNetLiteEncoder:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    # No rate limits by default: tests send bursts (of bad keys too); tests/test_auth.py checks the limits.
+    # No rate limits by default: tests send bursts (of bad keys too); tests/api/test_auth.py checks the limits.
     return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", model="efficientnet-lite0",
                     device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0)
 

@@ -102,7 +102,8 @@ def screenshot(img: Image.Image, rng: random.Random) -> Image.Image:
     page.paste(photo, (x0, bar + round(h * 0.03)))
     y = bar + round(h * 0.03) + photo.height + round(h * 0.03)
     for _ in range(4):
-        draw.rectangle((round(w * 0.08), y, round(w * rng.uniform(0.4, 0.9)), y + max(2, h // 60)), fill=(120, 120, 120))
+        draw.rectangle((round(w * 0.08), y, round(w * rng.uniform(0.4, 0.9)), y + max(2, h // 60)),
+                       fill=(120, 120, 120))
         y += max(6, h // 25)
     return page
 
@@ -224,7 +225,8 @@ def write_pack(objects: list[tuple[str, str | None, list[Image.Image]]], out, se
     for i in range(min(lots, len(registered) // 2)):
         a, b = rng.sample(range(len(registered)), 2)
         path = f"queries/lot-{i:04d}.jpg"
-        lot([_listing_size(registered[a][2][0]), _listing_size(registered[b][2][0])], rng).save(out / path, "JPEG", quality=85)
+        lot([_listing_size(registered[a][2][0]), _listing_size(registered[b][2][0])], rng).save(
+            out / path, "JPEG", quality=85)
         queries.append({"path": path, "object_ids": [registered[a][0], registered[b][0]], "tags": ["several-objects"]})
     (out / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs), encoding="utf-8")
     (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")

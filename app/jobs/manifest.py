@@ -24,7 +24,8 @@ from app.registry.photos import EXTENSIONS
 from app.schemas import RECORD_FIELDS, ArtefactCreate
 from app.service import MatchingService, PhotoInput
 
-EXPORT_COLUMNS = ("inventory_number", "institution", *(n for n in RECORD_FIELDS if n not in ("inventory_number", "institution")), "photos")
+EXPORT_COLUMNS = ("inventory_number", "institution",
+                  *(n for n in RECORD_FIELDS if n not in ("inventory_number", "institution")), "photos")
 
 
 @dataclass

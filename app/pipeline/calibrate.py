@@ -78,8 +78,9 @@ class Calibration:
                            self.calibrated, self.source)
 
     def to_json(self) -> dict:
-        return {"model": self.model, "fingerprint": self.source.get("fingerprint"), "weights": self.weights, "bias": self.bias, "match": self.match,
-                "possible": self.possible, "background_cosine": self.background_cosine, "source": self.source}
+        return {"model": self.model, "fingerprint": self.source.get("fingerprint"), "weights": self.weights,
+                "bias": self.bias, "match": self.match, "possible": self.possible,
+                "background_cosine": self.background_cosine, "source": self.source}
 
 
 def uncalibrated(model: str, match_cosine: float, possible_cosine: float) -> Calibration:

@@ -20,6 +20,7 @@ from app.security.actor import Principal, current_principal
 from app.security.models import AuditEvent, AuditResult
 from app.security.roles import GRANTING_VERDICTS, Role
 
+
 def record_event(
     s: Session,
     action: str,

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from app.core.errors import AppError, NotFound
 from app.core.db import utcnow
+from app.core.errors import AppError, NotFound
 from app.security.actor import Principal
 from app.security.audit import record_event
 from app.security.models import ApiKey

@@ -7,8 +7,8 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.jobs.demo import seed_demo
+from app.main import create_app
 from tests.conftest import bearer, coin_query, jpeg_bytes, png_bytes, random_photo
 
 
@@ -89,7 +89,8 @@ def test_artefact_crud_and_photo_indexing(client):
 
     photo = jpeg_bytes(random_photo(1))
     r = client.post(f"/v1/artefacts/{art['id']}/photos",
-                    files=[("image", ("a.jpg", photo, "image/jpeg")), ("image", ("b.png", png_bytes(random_photo(2)), "image/png"))],
+                    files=[("image", ("a.jpg", photo, "image/jpeg")),
+                           ("image", ("b.png", png_bytes(random_photo(2)), "image/png"))],
                     data={"view": "front"})
     assert r.status_code == 201, r.text
     photos = r.json()
@@ -150,9 +151,8 @@ def test_truncated_jpeg_is_refused(client):
 
 
 def test_upload_over_limit_is_refused(settings, encoder):
-    from app.service import MatchingService
-
     from app.security.keys import KeyStore
+    from app.service import MatchingService
 
     small = MatchingService(settings.model_copy(update={"max_upload_mb": 0.01}), encoder=encoder)
     admin = KeyStore(small.store.sessions).create("admin", "admin").token

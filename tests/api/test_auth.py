@@ -33,7 +33,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 # The web pages (app/web): outside /v1 and the OpenAPI schema, signed in by a session cookie, never by
-# a Bearer key. Each but the sign-in pages checks a permission of the session's key; tests/test_web.py
+# a Bearer key. Each but the sign-in pages checks a permission of the session's key; tests/web/test_web.py
 # holds their role matrix.
 WEB = {
     ("GET", "/"), ("GET", "/signin"), ("POST", "/signin"), ("POST", "/signout"),
@@ -116,7 +116,7 @@ def test_matrix_covers_every_route_of_the_app(app):
     assert hidden == DOCS | {path for _, path in WEB}, "only the docs and the web pages may be unlisted"
     web = {(m, r.path) for r in routes if isinstance(r, APIRoute) and not r.include_in_schema
            and r.path not in DOCS for m in r.methods}
-    assert web == WEB, "a new web page needs a row in WEB (and in tests/test_web.py's matrix)"
+    assert web == WEB, "a new web page needs a row in WEB (and in tests/web/test_web.py's matrix)"
     for route in routes:
         if isinstance(route, APIRoute) and route.path.startswith("/v1"):
             assert _permission_checks(route.dependant), f"{route.path} has no permission check"
@@ -186,11 +186,13 @@ def test_an_officers_search_never_lists_records_it_may_not_open(app, service, ke
                                   [PhotoInput(jpeg_bytes(random_photo(300 + i)))])
     unrelated = jpeg_bytes(random_photo(999))
     with TestClient(app, headers=bearer(keys["officer"])) as officer:
-        results = officer.post("/v1/search?top_k=100", files={"image": ("q.jpg", unrelated, "image/jpeg")}).json()["results"]
+        results = officer.post("/v1/search?top_k=100",
+                               files={"image": ("q.jpg", unrelated, "image/jpeg")}).json()["results"]
         assert all(r["verdict"] in ("match", "possible") for r in results)
         assert not any(r["inventory_number"].startswith("SECRET-") and r["verdict"] == "no_match" for r in results)
     with TestClient(app, headers=bearer(keys["registrar"])) as registrar:  # a role that may list the registry
-        results = registrar.post("/v1/search?top_k=100", files={"image": ("q.jpg", unrelated, "image/jpeg")}).json()["results"]
+        results = registrar.post("/v1/search?top_k=100",
+                                 files={"image": ("q.jpg", unrelated, "image/jpeg")}).json()["results"]
         assert len(results) >= 12 and any(r["verdict"] == "no_match" for r in results)
 
 
@@ -228,7 +230,8 @@ def test_keys_are_stored_as_hashes_shown_once_and_revocable(app, service, keys):
         assert admin.post("/v1/keys", json={"name": "x", "role": "superuser"}).status_code == 422
 
         with TestClient(app, headers=bearer(token)) as officer:
-            assert officer.post("/v1/search", files={"image": ("q.jpg", jpeg_bytes(random_photo(1)), "image/jpeg")}).status_code == 200
+            photo = {"image": ("q.jpg", jpeg_bytes(random_photo(1)), "image/jpeg")}
+            assert officer.post("/v1/search", files=photo).status_code == 200
             assert admin.delete(f"/v1/keys/{created['id']}").json()["revoked_at"] is not None
             r = officer.post("/v1/search", files={"image": ("q.jpg", jpeg_bytes(random_photo(1)), "image/jpeg")})
             assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]

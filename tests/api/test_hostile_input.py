@@ -11,8 +11,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.core.config import Settings
+from app.main import create_app
 from app.schemas import PhotoOut, SearchResponse
 from app.security.keys import KeyStore
 from app.service import MatchingService, PhotoInput
@@ -122,7 +122,8 @@ def test_a_json_body_or_a_url_where_a_file_is_expected(api, url):
         for r in (client.post(url, json={"image": target}),
                   client.post(url, data={"image": target}),  # a form text field, not a file
                   client.post(url, data={"top_k": "3"}),  # no image at all
-                  client.post(url, content=b"--xyz\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=xyz"})):
+                  client.post(url, content=b"--xyz\r\nbroken",
+                              headers={"Content-Type": "multipart/form-data; boundary=xyz"})):
             assert r.status_code in (400, 422), r.text
             assert r.json()["error"]["message"]
         time.sleep(0.2)
@@ -132,7 +133,8 @@ def test_a_json_body_or_a_url_where_a_file_is_expected(api, url):
 @pytest.mark.parametrize("top_k", ["0", "101", "abc", "-1", "1e9"])
 def test_bad_top_k_is_a_validation_error(api, top_k):
     client, _, _ = api
-    r = client.post("/v1/search", files={"image": ("q.jpg", jpeg_bytes(REFERENCE), "image/jpeg")}, data={"top_k": top_k})
+    r = client.post("/v1/search", files={"image": ("q.jpg", jpeg_bytes(REFERENCE), "image/jpeg")},
+                    data={"top_k": top_k})
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
 
 

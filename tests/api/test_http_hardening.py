@@ -55,7 +55,8 @@ def test_cors_allows_only_the_configured_origins(settings, service, make_key):
         ok = c.options("/v1/search", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                                               "Access-Control-Request-Headers": "authorization"})
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ORIGIN
-        bad = c.options("/v1/search", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        bad = c.options("/v1/search", headers={"Origin": "https://evil.example",
+                                               "Access-Control-Request-Method": "POST"})
         assert bad.headers.get("access-control-allow-origin") != "https://evil.example"
         r = c.get("/healthz", headers={"Origin": ORIGIN})
         assert r.headers["access-control-allow-origin"] == ORIGIN

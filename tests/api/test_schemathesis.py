@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from app.main import create_app
 from app.core.config import Settings
+from app.main import create_app
 from app.security.keys import KeyStore
 from app.service import MatchingService, PhotoInput
 from tests.conftest import bearer, jpeg_bytes, random_photo

@@ -46,7 +46,7 @@ def test_registry_import_export_and_index_rebuild(cli, tmp_path):
     assert r.exit_code == 2 and "line 2" in r.output
     r = cli("registry", "export", str(tmp_path / "out" / "reg.jsonl"))
     assert r.exit_code == 0
-    exported = [json.loads(l) for l in (tmp_path / "out" / "reg.jsonl").read_text().splitlines()]
+    exported = [json.loads(line) for line in (tmp_path / "out" / "reg.jsonl").read_text().splitlines()]
     assert exported[0]["inventory_number"] == "X-1" and (tmp_path / "out" / exported[0]["photos"][0]["path"]).is_file()
     r = cli("index", "rebuild", "--reembed")
     assert r.exit_code == 0 and '"vectors": 1' in r.output
@@ -149,9 +149,9 @@ def test_a_gpu_asked_for_where_there_is_none_is_said(cli, tmp_path, monkeypatch,
 def test_auto_on_an_exported_runtime_picks_the_model_torch_would(tmp_path):
     """CLIP weights are here but only the offline model was exported: the runtime must not switch models."""
     from app.core.config import Settings
+    from app.core.errors import ModelUnavailable
     from app.embedding import create_encoder
     from app.embedding.runtimes.onnx import export_paths
-    from app.core.errors import ModelUnavailable
 
     checkpoint = tmp_path / "clip.pt"
     checkpoint.write_bytes(b"weights")  # only its presence is looked at here

@@ -151,7 +151,8 @@ def test_sigkill_during_a_300_photo_import(tmp_path, encoder):
     _import_until_killed_between_files_and_commit(manifest, data_dir, tmp_path)
     assert _db_state(data_dir)[1], "the kill left orphan files for the restart to clean"
 
-    settings = Settings(data_dir=data_dir, model="efficientnet-lite0", device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0)
+    settings = Settings(data_dir=data_dir, model="efficientnet-lite0", device="cpu", rate_limit_per_minute=0,
+                        auth_failures_per_minute=0)
     service = MatchingService(settings, encoder=encoder).start()  # the restart
     try:
         artefacts, total = service.store.list_artefacts(ArtefactFilter(), 0, ARTEFACTS)

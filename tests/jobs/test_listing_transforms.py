@@ -51,4 +51,5 @@ def test_write_pack_holds_out_objects_and_adds_lots(tmp_path):
             img.verify()
     again = write_pack(objects, tmp_path / "again", seed=1, holdout=2, lots=1)
     assert again == summary
-    assert (tmp_path / "again" / queries[7]["path"]).read_bytes() == (tmp_path / "pack" / queries[7]["path"]).read_bytes()
+    assert ((tmp_path / "again" / queries[7]["path"]).read_bytes()
+            == (tmp_path / "pack" / queries[7]["path"]).read_bytes())

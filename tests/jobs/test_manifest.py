@@ -73,12 +73,14 @@ def test_export_then_import_into_an_empty_registry_gives_the_same_registry(tmp_p
 
     service.register_artefact({"inventory_number": "E-1", "institution": "I", "title": "Jar", "weight": 1.5,
                                "weight_unit": "kg", "date_reported": "2026-03-01", "status": "stolen"},
-                              [PhotoInput(png_bytes(random_photo(1)), view="front"), PhotoInput(jpeg_bytes(random_photo(2)))])
+                              [PhotoInput(png_bytes(random_photo(1)), view="front"),
+                               PhotoInput(jpeg_bytes(random_photo(2)))])
     for fmt in ("jsonl", "csv"):
         out = tmp_path / fmt / f"export.{fmt}"
         out.parent.mkdir()
         assert export_manifest(service, out) == 1
-        other = MatchingService(settings.model_copy(update={"data_dir": tmp_path / f"new-{fmt}"}), encoder=encoder).start()
+        other = MatchingService(settings.model_copy(update={"data_dir": tmp_path / f"new-{fmt}"}),
+                                encoder=encoder).start()
         report = import_manifest(other, out)
         assert report.created == 1 and not report.errors
         a, b = service.store.find_artefact("I", "E-1"), other.store.find_artefact("I", "E-1")
@@ -125,7 +127,8 @@ def test_cli_import_of_a_latin1_manifest_says_what_to_do(tmp_path, settings):
     from tests.conftest import ROOT
 
     manifest = tmp_path / "m.jsonl"
-    manifest.write_bytes('{"inventory_number": "L-1", "title": "Jarre décorée", "photos": ["p.jpg"]}\n'.encode("cp1252"))
+    line = '{"inventory_number": "L-1", "title": "Jarre décorée", "photos": ["p.jpg"]}\n'
+    manifest.write_bytes(line.encode("cp1252"))
     env = {**os.environ, "HM_DATA_DIR": str(settings.data_dir), "HM_MODEL": "efficientnet-lite0"}
     run = subprocess.run([sys.executable, "-m", "app.cli", "registry", "import", str(manifest)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -64,7 +64,8 @@ def write_dump(folder: Path, coins, copies: int = 1) -> Path:
         for n in range(DISTRACTORS):
             name = f"img/other{c}-{n}.jpg"
             (folder / name).write_bytes(jpeg_bytes(random_photo(100 + n + 50 * c)))
-            rows.append({"listing_id": f"D{c}-{n}", "title": "old vase", "url": "javascript:alert(1)", "images": [name]})
+            rows.append({"listing_id": f"D{c}-{n}", "title": "old vase", "url": "javascript:alert(1)",
+                         "images": [name]})
     full = jpeg_bytes(random_photo(5))
     (folder / "img/trunc.jpg").write_bytes(full[: len(full) // 2])
     rows.append({"listing_id": "BROKEN", "images": ["img/trunc.jpg", "img/missing.jpg", "../outside.jpg",
@@ -116,7 +117,8 @@ def test_scan_finds_coins_reports_errors_and_writes_a_safe_report(dump, registry
                                                                     ("line 6", "listing_id is ")]
 
     csv_lines = (out / "matches.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("listing_id,image,artefact_id,inventory_number") and len(csv_lines) == len(matches) + 1
+    assert (csv_lines[0].startswith("listing_id,image,artefact_id,inventory_number")
+            and len(csv_lines) == len(matches) + 1)
 
     report = (out / "report.html").read_text()
     assert "<script>alert" not in report and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in report
@@ -163,7 +165,8 @@ def test_finished_scan_is_not_redone_and_other_dumps_are_refused(dump, registry,
 def test_archives_and_csv_give_the_same_candidates(dump, registry, scan_service, tmp_path):
     ref_out = tmp_path / "ref"
     run_scan(ScanOptions(dump=dump, out=ref_out, workers=1), registry, service=scan_service)
-    expected = [(m["listing_id"], m["image"], m["artefact_id"], m["score"]) for m in read_jsonl(ref_out / "matches.jsonl")]
+    expected = [(m["listing_id"], m["image"], m["artefact_id"], m["score"])
+                for m in read_jsonl(ref_out / "matches.jsonl")]
 
     tar_path = tmp_path / "dump.tar.gz"
     with tarfile.open(tar_path, "w:gz") as tar:
@@ -174,7 +177,8 @@ def test_archives_and_csv_give_the_same_candidates(dump, registry, scan_service,
         evil.size = len(data)
         tar.addfile(evil, io.BytesIO(data))
     run_scan(ScanOptions(dump=tar_path, out=tmp_path / "tar", workers=1), registry, service=scan_service)
-    got = [(m["listing_id"], m["image"], m["artefact_id"], m["score"]) for m in read_jsonl(tmp_path / "tar" / "matches.jsonl")]
+    got = [(m["listing_id"], m["image"], m["artefact_id"], m["score"])
+           for m in read_jsonl(tmp_path / "tar" / "matches.jsonl")]
     assert got == expected
     tar_errors = {e["image"]: e["reason"] for e in read_jsonl(tmp_path / "tar" / "errors.jsonl") if e["image"]}
     assert "leaves the dump" in tar_errors["../outside.jpg"] and "not in the archive" in tar_errors["img/missing.jpg"]
@@ -192,12 +196,15 @@ def test_archives_and_csv_give_the_same_candidates(dump, registry, scan_service,
             except ValueError:
                 w.writerow(["bad", "row", "with", "too", "many", "cells"])
                 continue
-            w.writerow([row.get("listing_id", ""), row.get("title", ""), row.get("url", ""), "|".join(row.get("images", []))])
+            w.writerow([row.get("listing_id", ""), row.get("title", ""), row.get("url", ""),
+                        "|".join(row.get("images", []))])
     run_scan(ScanOptions(dump=csv_path, out=tmp_path / "csv", workers=1), registry, service=scan_service)
-    got = [(m["listing_id"], m["image"], m["artefact_id"], m["score"]) for m in read_jsonl(tmp_path / "csv" / "matches.jsonl")]
+    got = [(m["listing_id"], m["image"], m["artefact_id"], m["score"])
+           for m in read_jsonl(tmp_path / "csv" / "matches.jsonl")]
     assert got == expected
     csv_errors = read_jsonl(tmp_path / "csv" / "errors.jsonl")
-    assert any("cells" in e["reason"] for e in csv_errors) and any("listing_id is missing" in e["reason"] for e in csv_errors)
+    assert (any("cells" in e["reason"] for e in csv_errors)
+            and any("listing_id is missing" in e["reason"] for e in csv_errors))
 
     # A zip of photos only: every photo is its own listing.
     zip_path = tmp_path / "photos.zip"
@@ -300,7 +307,8 @@ def test_fetch_downloads_url_photos_from_a_local_server(dump, registry, scan_ser
     try:
         by_url = tmp_path / "urls.jsonl"
         by_url.write_text("".join(json.dumps({"listing_id": f"U{n}", "images": [f"{base}/img/coin0-{n}.jpg"]}) + "\n"
-                                  for n in range(3)) + json.dumps({"listing_id": "U404", "images": [f"{base}/none.jpg"]}) + "\n")
+                                  for n in range(3))
+                          + json.dumps({"listing_id": "U404", "images": [f"{base}/none.jpg"]}) + "\n")
         summary = run_scan(ScanOptions(dump=by_url, out=tmp_path / "out", workers=1, fetch=True), registry,
                            service=scan_service)
     finally:
@@ -309,7 +317,8 @@ def test_fetch_downloads_url_photos_from_a_local_server(dump, registry, scan_ser
     assert summary.images == 3 and summary.image_errors == 1
     assert "HTTP 404" in read_jsonl(tmp_path / "out" / "errors.jsonl")[0]["reason"]
     run_scan(ScanOptions(dump=dump, out=tmp_path / "ref", workers=1), registry, service=scan_service)
-    expected = {m["listing_id"].replace("C0-", "U"): m["artefact_id"] for m in read_jsonl(tmp_path / "ref" / "matches.jsonl")
+    expected = {m["listing_id"].replace("C0-", "U"): m["artefact_id"]
+                for m in read_jsonl(tmp_path / "ref" / "matches.jsonl")
                 if m["rank"] == 1 and m["listing_id"] in ("C0-0", "C0-1", "C0-2")}
     got = {m["listing_id"]: m["artefact_id"] for m in read_jsonl(tmp_path / "out" / "matches.jsonl") if m["rank"] == 1}
     assert got == expected and len(got) == 3
@@ -411,7 +420,8 @@ def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         dump = tmp_path / "dump.jsonl"
-        dump.write_text(json.dumps({"listing_id": "L1", "images": [f"http://127.0.0.1:{server.server_address[1]}/a.jpg"]}) + "\n")
+        url = f"http://127.0.0.1:{server.server_address[1]}/a.jpg"
+        dump.write_text(json.dumps({"listing_id": "L1", "images": [url]}) + "\n")
         out = tmp_path / "out"
 
         def killed_before_the_record(self, finished):

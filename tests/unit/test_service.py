@@ -153,7 +153,8 @@ def test_an_analysis_computed_beforehand_gives_the_same_answer(service, coins):
     for i, crop in enumerate(coins[:6]):
         service.register_artefact({"inventory_number": f"C-{i}"}, [PhotoInput(jpeg_bytes(crop.image))])
     rng = random.Random(5)
-    queries = [service.decode(coin_query(c.image, rng)) for c in coins[:6]] + [service.decode(jpeg_bytes(random_photo(9)))]
+    queries = ([service.decode(coin_query(c.image, rng)) for c in coins[:6]]
+               + [service.decode(jpeg_bytes(random_photo(9)))])
     analysed = [dataclasses.replace(d, analysis=analyse_photo(d.image, proposals=True)) for d in queries]
 
     def answers(responses):

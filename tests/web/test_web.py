@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.jobs.demo import seed_demo
+from app.main import create_app
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.web.pages import WEB_CSP
@@ -147,7 +147,8 @@ def test_forms_without_the_session_csrf_token_are_refused(app, keys, service, br
 
     copied = registrar.cookies.get(COOKIE)
     token = csrf_of(registrar, "/registry/new")
-    assert registrar.post("/signout", data={"csrf_token": csrf_of(registrar)}, follow_redirects=False).status_code == 303
+    signed_out = registrar.post("/signout", data={"csrf_token": csrf_of(registrar)}, follow_redirects=False)
+    assert signed_out.status_code == 303
     assert registrar.get("/search", follow_redirects=False).status_code == 303
     other.cookies.clear()
     other.cookies.set(COOKIE, copied)
@@ -409,7 +410,8 @@ def test_several_photos_at_once_fit_the_request_limit_and_one_too_many_gets_a_pa
     import numpy as np
     from PIL import Image
 
-    noise = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (300, 420, 3), dtype=np.uint8)) for i in range(4)]
+    noise = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (300, 420, 3), dtype=np.uint8))
+             for i in range(4)]
     photos = [("image", (f"p{i}.png", png_bytes(img), "image/png")) for i, img in enumerate(noise)]
     assert all(0.25e6 < len(p[1][1]) < 0.5 * 2**20 for p in photos)  # each under the photo limit, 4 over it
     with TestClient(create_app(service=small)) as client:
@@ -623,7 +625,6 @@ def test_kept_searches_are_shared_by_server_processes_bounded_and_private(tmp_pa
     """Two keepers on one data directory stand for two uvicorn workers: a results link made by one
     opens on the other; only the last ``capacity`` searches stay; another session sees nothing."""
     from app.web.searches import SearchKeeper
-
     from tests.conftest import jpeg_bytes
 
     response = demo.search(jpeg_bytes(coins[0].image))

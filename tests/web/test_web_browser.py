@@ -45,9 +45,9 @@ def server(tmp_path_factory, encoder):
     """uvicorn serving the app on a free port, with the demo coins and one key per role."""
     import uvicorn
 
-    from app.main import create_app
     from app.core.config import Settings
     from app.jobs.demo import seed_demo
+    from app.main import create_app
     from app.security.keys import KeyStore
     from app.service import MatchingService
 
@@ -226,8 +226,8 @@ def test_drop_and_paste_choose_the_photo(server, page_at, coins):
 
 
 def test_registrar_adds_an_artefact_with_a_photo_and_finds_it_by_photo(server, page_at):
-    from skimage import data as skdata
     from PIL import Image, ImageEnhance
+    from skimage import data as skdata
 
     # A photograph of an object not in the registry (scikit-image's public-domain coffee cup).
     registered = Image.fromarray(skdata.coffee())

@@ -25,7 +25,8 @@ def create_key(body: ApiKeyCreate, request: Request) -> ApiKeyCreated:
                          key=created.token)
 
 
-@router.delete("/{key_id}", response_model=ApiKeyOut, responses={404: {"model": ErrorResponse, "description": "No such key."}})
+@router.delete("/{key_id}", response_model=ApiKeyOut,
+               responses={404: {"model": ErrorResponse, "description": "No such key."}})
 def revoke_key(request: Request, key_id: KeyId) -> ApiKeyOut:
     """Revoke a key: its next request is refused. The row stays for the audit trail."""
     return ApiKeyOut.model_validate(request.app.state.keys.revoke(key_id), from_attributes=True)

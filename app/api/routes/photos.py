@@ -7,8 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import AuditDep, PhotoId, PhotoViewer, ServiceDep
 from app.pipeline.decode import THUMB_SIZE, decode_image, thumbnail_jpeg
-from app.schemas import PHOTOS_PATH, ErrorResponse
 from app.registry.access import readable_photo
+from app.schemas import PHOTOS_PATH, ErrorResponse
 
 router = APIRouter(prefix=PHOTOS_PATH, tags=["photos"])
 
@@ -34,7 +34,8 @@ async def get_photo(
     # Registry photos are case material like every /v1 answer: no own cache header, so the middleware's
     # no-store applies (a shared customs PC would keep a cached photo after sign-out).
     if size == "thumb":
-        thumb = await run_in_threadpool(lambda: thumbnail_jpeg(decode_image(data, min_side=THUMB_SIZE).image, THUMB_SIZE))
+        thumb = await run_in_threadpool(
+            lambda: thumbnail_jpeg(decode_image(data, min_side=THUMB_SIZE).image, THUMB_SIZE))
         return Response(thumb, media_type="image/jpeg")
     return Response(data, media_type=service.store.photos.media_type(photo.format))
 

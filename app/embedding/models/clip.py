@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.errors import ConfigError, ModelUnavailable
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
 from app.embedding.runtimes.torch_inference import run_module
-from app.core.errors import ConfigError, ModelUnavailable
 
 # open_clip's defaults for checkpoints without a pretrained config (OpenAI's CLIP statistics).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

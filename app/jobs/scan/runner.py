@@ -133,7 +133,8 @@ def run_scan(options: ScanOptions, settings: Settings, service: MatchingService 
         from app.security.audit import AuditLog
 
         AuditLog(service.store.sessions).record(
-            "scan", model_fingerprint=service.fingerprint, index_version=service.index.version if service.index else None,
+            "scan", model_fingerprint=service.fingerprint,
+            index_version=service.index.version if service.index else None,
             details={"dump": wanted["dump"], "out": str(Path(options.out).resolve()), "engine": options.engine,
                      "min_verdict": options.min_verdict, "summary": summary.as_dict()})
         return summary
@@ -229,7 +230,8 @@ def registry_thumbnails(service: MatchingService, matches: list[dict]) -> dict[i
     thumbs: dict[int, bytes] = {}
     for photo in service.store.photos_by_ids(ids):
         try:
-            thumbs[photo.id] = thumbnail_jpeg(service.decode(service.store.photos.read(photo.sha256, photo.format)).image)
+            data = service.store.photos.read(photo.sha256, photo.format)
+            thumbs[photo.id] = thumbnail_jpeg(service.decode(data).image)
         except (AppError, OSError):
             continue  # the report says the photo is unavailable
     return thumbs

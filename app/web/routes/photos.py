@@ -7,8 +7,8 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.http.requests import id_path
 from app.core.errors import Forbidden, NotFound
+from app.http.requests import id_path
 from app.pipeline.decode import THUMB_SIZE, decode_image, thumbnail_jpeg
 from app.registry.access import readable_photo
 from app.security.roles import Permission

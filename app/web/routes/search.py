@@ -12,9 +12,9 @@ from app.core.errors import AppError, RateLimited
 from app.http.audited_search import audited_search
 from app.http.requests import read_upload
 from app.pipeline.decode import decode_image, thumbnail_jpeg
+from app.registry.access import may_read_artefact, may_see_photo
 from app.registry.models import Artefact
 from app.schemas import SearchResult
-from app.registry.access import may_read_artefact, may_see_photo
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Permission
 from app.web.i18n import N_

@@ -14,8 +14,8 @@ from PIL import Image
 from app.core.config import Settings
 from app.embedding import create_serving_encoder
 from app.embedding.base import ImageEncoder
-from app.embedding.runtimes.batching import BatchingEncoder
 from app.embedding.preprocess import Preprocessing
+from app.embedding.runtimes.batching import BatchingEncoder
 from tests.conftest import random_photo
 
 SIZE = 8

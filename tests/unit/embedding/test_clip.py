@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from app.core.config import Settings
+from app.core.errors import ModelUnavailable
 from app.embedding import create_encoder, resolve_model
 from app.embedding.models.clip import ClipEncoder, ClipSpec, preprocessing_for
-from app.core.errors import ModelUnavailable
 from tests.conftest import random_photo
 
 ARCH = "ViT-B-32"

@@ -1,5 +1,6 @@
 """The GPU path, as far as a machine without a GPU can check it: the device choice, that a CUDA
-forward pass asks torch for fp16 autocast (large batches) or TF32 (small ones), and that vectors always leave as normalised float32.
+forward pass asks torch for fp16 autocast (large batches) or TF32 (small ones), and that vectors always
+leave as normalised float32.
 (Speed and fp16's closeness to fp32 need a GPU: docs/BENCHMARKS.md says what was measured where.)"""
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import torch
 
 from app.core.config import Settings
 from app.embedding import resolve_device
-from app.embedding.runtimes import torch_inference
 from app.embedding.base import ImageEncoder
 from app.embedding.preprocess import Preprocessing
+from app.embedding.runtimes import torch_inference
 from app.embedding.runtimes.torch_inference import inference_context, run_module, uses_fp16
 
 

@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from app.core.config import Settings
-from app.embedding import create_encoder, create_torch_encoder
-from app.embedding import export
+from app.core.errors import IndexModelMismatch, ModelUnavailable
+from app.embedding import create_encoder, create_torch_encoder, export
 from app.embedding.export import ExportRefused, export_onnx, export_paths
 from app.embedding.runtimes.onnx import OnnxImageEncoder
-from app.core.errors import IndexModelMismatch, ModelUnavailable
 from app.service import MatchingService, PhotoInput
-from tests.conftest import coin_query, jpeg_bytes, png_bytes
+from tests.conftest import coin_query, png_bytes
 
 ARCH = "ViT-B-32"
 ROOT = Path(__file__).resolve().parents[3]

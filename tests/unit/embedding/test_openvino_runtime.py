@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from app.core.config import Settings
-from app.embedding import create_encoder, create_torch_encoder
-from app.embedding.runtimes import openvino as openvino_runtime
-from app.embedding import export
-from app.embedding.export import ExportRefused, export_openvino, export_paths
-from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 from app.core.errors import ModelUnavailable
+from app.embedding import create_encoder, create_torch_encoder, export
+from app.embedding.export import ExportRefused, export_openvino, export_paths
+from app.embedding.runtimes import openvino as openvino_runtime
+from app.embedding.runtimes.openvino import OpenVinoImageEncoder
 from tests.conftest import random_photo
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -81,8 +81,8 @@ def test_the_trail_refuses_update_and_delete(service, trail):
                       # REPLACE deletes the old row without firing DELETE triggers: refused as well.
                       f"INSERT OR REPLACE INTO audit_events (id, at, key_name, action, outcome) "
                       f"VALUES ({first}, '2020-01-01', 'nobody', 'noop', 'ok')",
-                      f"REPLACE INTO audit_results (audit_id, rank, artefact_id, score, verdict) "
-                      f"SELECT audit_id, rank, 999, 0.0, 'no_match' FROM audit_results"):
+                      "REPLACE INTO audit_results (audit_id, rank, artefact_id, score, verdict) "
+                      "SELECT audit_id, rank, 999, 0.0, 'no_match' FROM audit_results"):
         with pytest.raises(sqlalchemy.exc.IntegrityError, match="append-only"):
             with service.store.engine.begin() as conn:
                 conn.execute(sqlalchemy.text(statement))
