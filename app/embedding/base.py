@@ -6,7 +6,6 @@ file, preprocessing), so vectors of different models are never mixed in one inde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from typing import Self
 import numpy as np
 from PIL import Image
 
-from app.core.files import sha256_file
+from app.core.files import sha256_file, sha256_hex
 from app.embedding.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class ModelFingerprint:
         if self.runtime in EXACT_RUNTIMES:
             del fields["runtime"]
         blob = json.dumps(fields, sort_keys=True).encode()
-        return f"{self.name}@{hashlib.sha256(blob).hexdigest()[:12]}"
+        return f"{self.name}@{sha256_hex(blob)[:12]}"
 
     def as_dict(self) -> dict:
         return {**asdict(self), "id": self.id}

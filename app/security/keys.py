@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ from sqlalchemy.orm import sessionmaker
 
 from app.core.db import utcnow
 from app.core.errors import AppError, NotFound
+from app.core.files import sha256_hex
 from app.security.actor import Principal
 from app.security.audit import record_event
 from app.security.models import ApiKey
@@ -20,7 +20,7 @@ TOKEN_PREFIX = "hm_"
 
 
 def hash_key(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    return sha256_hex(token.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ embedding without importing torch (about 9 s of start-up on a 2-core machine).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import ModelUnavailable
+from app.core.files import sha256_hex
 from app.embedding.base import ImageEncoder, ModelFingerprint, file_sha256
 from app.embedding.preprocess import Preprocessing
 
@@ -49,7 +49,7 @@ def export_paths(models_dir: Path, model: str, runtime: str) -> tuple[Path, Path
         raise ValueError(f"unknown ONNX runtime {runtime!r}: use one of {', '.join(EXPORT_RUNTIMES)}")
     # The spec may be a path: keep a readable part and make it unique with a hash of the whole.
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[-60:].strip("._")
-    stem = f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:10]}"
+    stem = f"{slug}-{sha256_hex(model.encode())[:10]}"
     suffix = ".int8.onnx" if runtime == "onnx-int8" else ".onnx"
     path = Path(models_dir) / "onnx" / (stem + suffix)
     if runtime == "openvino":  # OpenVINO compiles the fp32 file; its own check lives in its own sidecar
