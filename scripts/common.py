@@ -133,7 +133,7 @@ def phone_jpeg(seed: int = 0, size=(4032, 3024)) -> bytes:
 
 
 def decoded_photos(count: int) -> list[Image.Image]:
-    """Decoded photos at the size the service decodes a large JPEG to (``imaging.working_side``)."""
+    """Decoded photos at the size the service decodes a large JPEG to (``app.pipeline.decode.working_side``)."""
     from app.embedding.export import parity_images
     from app.pipeline.decode import working_side
 

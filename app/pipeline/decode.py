@@ -32,7 +32,7 @@ ACCEPTED_HUMAN = "JPEG, PNG, WebP, TIFF, HEIC/HEIF, BMP or GIF"
 
 # A search decodes a JPEG once, to the smallest DCT scale that keeps the short side at least 1.5x the
 # model's input, and every step works on that picture: the model's input, the hash, the colour and
-# the keypoints (at most ``local_features.MAX_SIDE``). A 12 MP photo decodes to 504x378 instead of
+# the keypoints (at most ``features.MAX_SIDE``). A 12 MP photo decodes to 504x378 instead of
 # 1008x756 at 2x, which saves 14 ms of a 130 ms query in resizes and keypoints. Photos under 672 px
 # on the short side, and the museum pack's 1280x960, decode as before; 1024x768 now decodes to half.
 # Measured with efficientnet-lite0 (docs/BENCHMARKS.md): cosine to the full decode at least 0.9976
