@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Query
 from fastapi.params import Depends as DependsParam
-from fastapi.params import Path as PathParam
 
-from app.http.requests import DB_ID_MAX, get_audit, get_service, require
+from app.http.requests import DB_ID_MAX, get_audit, get_service, require, row_id
 from app.schemas import ErrorResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog
@@ -29,13 +28,10 @@ ServiceDep = Annotated[MatchingService, Depends(get_service)]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]
 
 
-def row_id(what: str) -> PathParam:
-    return Path(ge=1, le=DB_ID_MAX, description=f"The {what}'s id.")
-
-
 ArtefactId = Annotated[int, row_id("artefact")]
 PhotoId = Annotated[int, row_id("photo")]
 KeyId = Annotated[int, row_id("key")]
+RowOffset = Annotated[int, Query(ge=0, le=DB_ID_MAX)]  # rows to skip in a listing: a database integer too
 
 
 def allowed(*permissions: Permission) -> list[DependsParam]:

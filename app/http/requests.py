@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, Path, Request, UploadFile
+from fastapi import Depends, Path, Request, UploadFile, params
 from fastapi.security import HTTPBearer
 
 from app.core.errors import BadImage, Forbidden, ImageTooLarge, Unauthorized
@@ -29,9 +29,9 @@ BAD_KEY_MESSAGE = "The API key is unknown or revoked. Ask an administrator for a
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key from `heritage-match keys create`.")
 
 
-def id_path(what: str) -> Any:
-    """A path parameter holding a row id."""
-    return Path(..., ge=1, le=DB_ID_MAX, description=f"The {what}'s id.")
+def row_id(what: str) -> params.Path:
+    """A path parameter holding a row id, for ``Annotated[int, row_id("artefact")]``."""
+    return Path(ge=1, le=DB_ID_MAX, description=f"The {what}'s id.")
 
 
 def get_service(request: Request) -> MatchingService:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import DB_ID_MAX, ArtefactId, ArtefactReader, AuditDep, ServiceDep, allowed
+from app.api.deps import ArtefactId, ArtefactReader, AuditDep, RowOffset, ServiceDep, allowed
 from app.api.presenters import artefact_outs
 from app.core.errors import AppError
 from app.http.requests import MAX_PHOTOS_PER_REQUEST, read_upload
@@ -35,7 +35,7 @@ def list_artefacts(
     institution: str | None = Query(None, max_length=300),
     type: str | None = Query(None, max_length=200, description="Category or specific type."),
     q: str | None = Query(None, max_length=200, description="Text in title, inventory number, description..."),
-    offset: int = Query(0, ge=0, le=DB_ID_MAX),
+    offset: RowOffset = 0,
     limit: int = Query(50, ge=1, le=500),
 ) -> ArtefactPage:
     flt = ArtefactFilter(status=status.value if status else None, institution=institution, object_type=type, text=q)

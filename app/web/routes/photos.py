@@ -4,27 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.core.errors import Forbidden, NotFound
-from app.http.requests import id_path
 from app.pipeline.decode import THUMB_SIZE, decode_image, thumbnail_jpeg
 from app.registry.access import readable_photo
-from app.security.roles import Permission
+from app.web.deps import PhotoId, PhotoViewer
 from app.web.i18n import N_
-from app.web.pages import WebError, allow, finish
-from app.web.session import WebUser
+from app.web.pages import WebError, finish
 
 router = APIRouter(include_in_schema=False)
 LARGE_SIZE = 1024
 
 
 @router.get("/photos/{photo_id}")
-async def photo(request: Request, photo_id: int = id_path("photo"),
-                size: Literal["full", "large", "thumb"] = "full",
-                user: WebUser = Depends(allow(Permission.read_any_photo, Permission.read_matched_photo,
-                                              Permission.thumb_matched_photo))):
+async def photo(request: Request, photo_id: PhotoId, user: PhotoViewer,
+                size: Literal["full", "large", "thumb"] = "full"):
     service, audit = request.app.state.service, request.app.state.audit
     try:
         # "large" is a full-size view for access: a monitor's thumbnails-only rule holds for it too.

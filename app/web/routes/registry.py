@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from app.core.errors import AppError, NotFound
-from app.http.requests import MAX_PHOTOS_PER_REQUEST, id_path, read_upload
+from app.http.requests import MAX_PHOTOS_PER_REQUEST, read_upload
 from app.registry.store import ArtefactFilter
 from app.security.actor import acting_as
-from app.security.roles import Permission
 from app.service import PhotoInput
+from app.web.deps import ArtefactId, ArtefactReader, RegistryForm, RegistryLister, RegistryWriter
 from app.web.i18n import N_
-from app.web.pages import WebError, allow, csrf_checked, redirect, render, translator
+from app.web.pages import WebError, redirect, render, translator
 from app.web.record_form import FIELDS, STATUS_LABELS, fields_from_form, form_values
 from app.web.routes.search import ERROR_MESSAGES
 from app.web.session import WebUser
@@ -28,7 +28,7 @@ def _filters(request: Request) -> dict[str, str]:
 
 
 @router.get("/registry")
-def registry(request: Request, page: int = 1, user: WebUser = Depends(allow(Permission.list_registry))):
+def registry(request: Request, user: RegistryLister, page: int = 1):
     service = request.app.state.service
     f = _filters(request)
     page = max(1, min(page, 10**6))
@@ -106,13 +106,13 @@ async def _photo_inputs(images: list[UploadFile] | None, view: str | None, limit
 
 
 @router.get("/registry/new")
-def new_artefact(request: Request, user: WebUser = Depends(allow(Permission.write_registry))):
+def new_artefact(request: Request, user: RegistryWriter):
     return _edit_page(request, user, None, form_values(None))
 
 
 @router.post("/registry/new")
-async def create_artefact(request: Request, image: list[UploadFile] | None = File(None),
-                          view: str = Form(""), user: WebUser = Depends(csrf_checked(Permission.write_registry))):
+async def create_artefact(request: Request, user: RegistryForm, image: list[UploadFile] | None = File(None),
+                          view: str = Form("")):
     service = request.app.state.service
     fields, raw = fields_from_form(await request.form())
     try:
@@ -137,15 +137,13 @@ def _artefact_or_404(request: Request, artefact_id: int):
 
 
 @router.get("/registry/{artefact_id}")
-def artefact_page(request: Request, artefact_id: int = id_path("artefact"),
-                  user: WebUser = Depends(allow(Permission.read_any_artefact))):
+def artefact_page(request: Request, artefact_id: ArtefactId, user: ArtefactReader):
     artefact = _artefact_or_404(request, artefact_id)
     return _edit_page(request, user, artefact, form_values(artefact), saved=request.query_params.get("saved"))
 
 
 @router.post("/registry/{artefact_id}")
-async def update_artefact(request: Request, artefact_id: int = id_path("artefact"),
-                          user: WebUser = Depends(csrf_checked(Permission.write_registry))):
+async def update_artefact(request: Request, artefact_id: ArtefactId, user: RegistryForm):
     service = request.app.state.service
     artefact = _artefact_or_404(request, artefact_id)
     fields, raw = fields_from_form(await request.form())
@@ -164,9 +162,8 @@ async def update_artefact(request: Request, artefact_id: int = id_path("artefact
 
 
 @router.post("/registry/{artefact_id}/photos")
-async def add_photos(request: Request, artefact_id: int = id_path("artefact"),
-                     image: list[UploadFile] | None = File(None),
-                     view: str = Form(""), user: WebUser = Depends(csrf_checked(Permission.write_registry))):
+async def add_photos(request: Request, artefact_id: ArtefactId, user: RegistryForm,
+                     image: list[UploadFile] | None = File(None), view: str = Form("")):
     service = request.app.state.service
     artefact = _artefact_or_404(request, artefact_id)
     try:

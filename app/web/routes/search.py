@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -17,8 +17,9 @@ from app.registry.models import Artefact
 from app.schemas import SearchResult
 from app.security.ratelimit import RateLimiter
 from app.security.roles import Permission
+from app.web.deps import Searcher, SearchForm
 from app.web.i18n import N_
-from app.web.pages import WebError, allow, csrf_checked, finish, redirect, render, translator, wants_json
+from app.web.pages import WebError, finish, redirect, render, translator, wants_json
 from app.web.record_form import record_rows
 from app.web.searches import KeptSearch
 from app.web.session import WebUser
@@ -51,13 +52,12 @@ class ResultView:
 
 
 @router.get("/search")
-def search_form(request: Request, user: WebUser = Depends(allow(Permission.search))):
+def search_form(request: Request, user: Searcher):
     return render(request, "search.html", user=user)
 
 
 @router.post("/search")
-async def search(request: Request, image: list[UploadFile] | None = File(None),
-                 user: WebUser = Depends(csrf_checked(Permission.search))):
+async def search(request: Request, user: SearchForm, image: list[UploadFile] | None = File(None)):
     service, audit = request.app.state.service, request.app.state.audit
     as_json = wants_json(request)
     # The form has a camera input and a file input; the one the officer used has the photo.
@@ -131,18 +131,18 @@ def _views(request: Request, user: WebUser, kept: KeptSearch) -> list[ResultView
 
 
 @router.get("/results/{search_id}")
-def results(request: Request, search_id: str, user: WebUser = Depends(allow(Permission.search))):
+def results(request: Request, search_id: str, user: Searcher):
     kept = _kept(request, user, search_id)
     return render(request, "results.html", user=user, kept=kept, views=_views(request, user, kept))
 
 
 @router.get("/results/{search_id}/report")
-def case_report(request: Request, search_id: str, user: WebUser = Depends(allow(Permission.search))):
+def case_report(request: Request, search_id: str, user: Searcher):
     kept = _kept(request, user, search_id)
     return render(request, "report.html", user=user, kept=kept, views=_views(request, user, kept))
 
 
 @router.get("/results/{search_id}/query.jpg")
-def query_photo(request: Request, search_id: str, user: WebUser = Depends(allow(Permission.search))):
+def query_photo(request: Request, search_id: str, user: Searcher):
     kept = _kept(request, user, search_id)
     return finish(request, Response(kept.display_jpeg, media_type="image/jpeg"))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.http.middleware import client_address
+from app.web.deps import SessionDep
 from app.web.i18n import N_
-from app.web.pages import CSRF_REFUSED, WebError, codec, current_user, redirect, render, web_session
+from app.web.pages import CSRF_REFUSED, WebError, codec, current_user, redirect, render
 from app.web.session import WebSession
 
 router = APIRouter(include_in_schema=False)
@@ -32,8 +33,8 @@ def signin_form(request: Request, next: str | None = None):
 
 
 @router.post("/signin")
-async def signin(request: Request, key: str = Form(""), csrf_token: str = Form(""), next: str = Form("/search"),
-                 session: WebSession = Depends(web_session)):
+async def signin(request: Request, session: SessionDep, key: str = Form(""), csrf_token: str = Form(""),
+                 next: str = Form("/search")):
     if not session.csrf_ok(csrf_token):  # a sign-in form of this session only: no login CSRF
         raise WebError(403, CSRF_REFUSED)
     failures = request.app.state.auth_failures
@@ -60,7 +61,7 @@ async def signin(request: Request, key: str = Form(""), csrf_token: str = Form("
 
 
 @router.post("/signout")
-def signout(request: Request, csrf_token: str = Form(""), session: WebSession = Depends(web_session)):
+def signout(request: Request, session: SessionDep, csrf_token: str = Form("")):
     if not session.csrf_ok(csrf_token):
         raise WebError(403, CSRF_REFUSED)
     if session.key_id is not None:  # the old cookie stops working everywhere, not just in this browser
