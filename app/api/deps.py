@@ -1,5 +1,6 @@
 """The API's route dependencies as ``Annotated`` aliases: the shared service and audit trail, the
-calling key with the permissions a route needs, row ids in paths. Routes import only these."""
+calling key with the permissions a route needs, row ids in paths. Routes take their dependencies from here
+only (uploads are read with ``app.http.requests.read_upload``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ PROTECTED_RESPONSES: dict[int | str, dict] = {
 
 ServiceDep = Annotated[MatchingService, Depends(get_service)]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]
-
 
 ArtefactId = Annotated[int, row_id("artefact")]
 PhotoId = Annotated[int, row_id("photo")]
