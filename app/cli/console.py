@@ -22,11 +22,8 @@ from rich.table import Table
 from app.core.config import get_settings
 
 if TYPE_CHECKING:
-    from app.jobs.scan.runner import Progress as ScanProgress
     from app.registry.store import RegistryStore
     from app.service import MatchingService
-else:
-    ScanProgress = object  # the scan runner (NumPy, OpenCV) is imported only when a scan runs
 
 console = Console(stderr=True)  # messages and progress; stdout carries only a command's output
 
@@ -63,8 +60,9 @@ def progress_bar() -> Progress:
                     console=console, transient=True)
 
 
-class ScanProgressBar(ScanProgress):
-    """A scan's progress: listings done, photos a second; use it as a context manager around the scan."""
+class ScanProgressBar:
+    """A scan's progress (``app.jobs.scan.runner.Progress``): listings done, photos a second; use it as a
+    context manager around the scan."""
 
     def __init__(self) -> None:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from app.core.config import Settings
 from app.core.errors import AppError
@@ -76,7 +76,7 @@ class ScanSummary:
         return {**asdict(self), "errors": self.errors}
 
 
-class Progress:
+class Progress(Protocol):
     """What the scan tells its caller: the total once known, then listings done as groups finish."""
 
     def start(self, total: int, done: int) -> None: ...
@@ -84,12 +84,22 @@ class Progress:
     def advance(self, listings: int, images: int) -> None: ...
 
 
+class NoProgress:
+    """A caller that follows nothing."""
+
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, listings: int, images: int) -> None:
+        pass
+
+
 def run_scan(options: ScanOptions, settings: Settings, service: MatchingService | None = None,
              progress: Progress | None = None) -> ScanSummary:
     from app.service import MatchingService
 
     t0 = time.perf_counter()
-    progress = progress or Progress()
+    progress = progress or NoProgress()
     if options.min_verdict not in VERDICT_RANK:
         raise ScanRefused(f"--min-verdict must be one of {', '.join(VERDICT_RANK)}")
     if options.engine not in ("local", "ray"):
