@@ -3,21 +3,21 @@
 Every registry photo becomes a reference; each object's first photo is put through the listing
 transforms of ``app/jobs/listing_transforms.py`` (crop, rotation, perspective, colour, blur, JPEG q30,
 watermark, screenshot, composite, downscale to 300 px) as queries; ``--lots`` adds photos of two
-objects together, ``--holdout`` leaves objects out of the references for open-set queries.
+objects together, ``--holdout`` leaves objects out of the references for open-set queries, ``--twins``
+adds near twins of registered objects (one region relabelled, repainted or re-inscribed; tagged
+``twin``, never to be called ``match``).
 
     .venv/bin/python -m scripts.make_listing_pack --demo-coins out/coins-listing
-    .venv/bin/python -m scripts.make_listing_pack --data-dir index out/my-registry-listing --holdout 20
+    .venv/bin/python -m scripts.make_listing_pack --demo-coins out/coins-listing-twins --holdout 8 --twins 16
+    .venv/bin/python -m scripts.make_listing_pack --data-dir index out/my-registry-listing --holdout 20 --twins 50
     .venv/bin/heritage-match evaluate out/coins-listing
 """
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
-
-from PIL import Image
 
 from app.jobs.listing_transforms import write_pack
 from scripts.common import script_parser
@@ -29,24 +29,19 @@ def demo_coin_objects():
     return [(c.inventory_number, "coin", [c.image]) for c in coin_crops()]
 
 
-def registry_objects(data_dir: Path, limit: int | None):
+def data_dir_objects(data_dir: Path, limit: int | None):
     from app.core.config import Settings
-    from app.registry.store import ArtefactFilter, RegistryStore
+    from app.jobs.listing_transforms import registry_objects
+    from app.registry.store import RegistryStore
 
+    if not Path(data_dir).is_dir():
+        sys.exit(f"{data_dir} is not a heritage-match data directory")
     settings = Settings(data_dir=data_dir)
     store = RegistryStore(settings.db_url, settings.data_dir / "photos")
-    objects, offset = [], 0
-    while True:
-        page, total = store.list_artefacts(ArtefactFilter(), offset, 200)
-        for a in page:
-            photos = [Image.open(io.BytesIO(store.photos.read(p.sha256, p.format))).convert("RGB") for p in a.photos]
-            if photos:
-                objects.append((a.inventory_number, a.title, photos))
-            if limit and len(objects) >= limit:
-                return objects
-        offset += len(page)
-        if not page or offset >= total:
-            return objects
+    try:
+        return registry_objects(store, limit)
+    finally:
+        store.close()
 
 
 def main() -> None:
@@ -59,13 +54,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--holdout", type=int, default=0, help="objects left unregistered (open-set queries)")
     ap.add_argument("--lots", type=int, default=0, help="photos showing two objects together")
+    ap.add_argument("--twins", type=int, default=0,
+                    help="registered objects that get a near-twin query (open-set: must not be matched); "
+                         "at most one per registered object")
     args = ap.parse_args()
     if args.out.exists():
         sys.exit(f"{args.out} exists; choose a new folder")
-    objects = demo_coin_objects() if args.demo_coins else registry_objects(args.data_dir, args.limit)
+    objects = demo_coin_objects() if args.demo_coins else data_dir_objects(args.data_dir, args.limit)
     if not objects:
         sys.exit("the registry has no artefact with photos")
-    print(json.dumps(write_pack(objects, args.out, seed=args.seed, holdout=args.holdout, lots=args.lots)))
+    print(json.dumps(write_pack(objects, args.out, seed=args.seed, holdout=args.holdout, lots=args.lots,
+                                 twins=args.twins)))
 
 
 if __name__ == "__main__":

@@ -4,19 +4,37 @@ Auction houses and marketplace sellers crop, rotate, re-light, re-compress, wate
 screenshot photos, and photograph objects on their own tables or together in one lot. A "listing
 transforms" pack applies each of these to registry photos so same-object matching can be measured
 on any registry (``scripts/make_listing_pack.py``).
+
+A "twin" (``twin``) is the opposite case: the registered photo with one region of the object altered
+(another label, a repainted patch, a different inscription), i.e. a near twin that the service must
+never call ``match``. It is not in ``TRANSFORMS``, which all keep the object the same.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import random
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
+if TYPE_CHECKING:
+    from app.registry.store import RegistryStore
+
 LISTING_MIN_SIDE = 320
+
+# How a twin differs from its original: another label or patch pasted in, a region repainted, the
+# inscription replaced. `twin` picks one with its rng; `write_pack` cycles through them.
+TWIN_KINDS = ("label", "repaint", "inscription")
+# The altered shape covers this share of the object's bounding box...
+TWIN_AREA = (0.20, 0.35)
+# ...and at most this share of the object's own pixels (so at least 65% of the object is unchanged).
+TWIN_MAX_OBJECT_SHARE = 0.35
+# A pixel belongs to the object when one channel differs from the border colour by more than this.
+OBJECT_THRESHOLD = 40
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:
@@ -175,6 +193,252 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+# --- twins: the same photo with one region of the object altered --------------------------------------
+
+
+class TwinEdit(NamedTuple):
+    """A twin before its listing condition: the photo, how it was altered, and where.
+
+    ``region`` is the altered shape's bounding rectangle (x0, y0, x1, y1), ``ellipse`` whether the shape
+    is the ellipse inscribed in it; every pixel outside the shape is the original's.
+    """
+
+    image: Image.Image
+    kind: str
+    region: tuple[int, int, int, int]
+    ellipse: bool
+    box: tuple[int, int, int, int]  # the object's extent (``object_box``)
+
+
+def object_box(img: Image.Image) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The object's extent and mask: pixels that differ from the border colour, and their bounding box
+    (x0, y0, x1, y1), ends exclusive. The central 80% of the photo when nothing stands out."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.int16)
+    h, w = arr.shape[:2]
+    diff = np.abs(arr - np.array(_border_colour(img), dtype=np.int16)).max(axis=2)
+    mask = cv2.morphologyEx((diff > OBJECT_THRESHOLD).astype(np.uint8), cv2.MORPH_OPEN,
+                            np.ones((3, 3), np.uint8)) > 0
+    ys, xs = np.nonzero(mask)
+    if len(xs) >= 0.02 * w * h:
+        # Percentiles, so that a few stray pixels (dust, a ruler's tick) do not stretch the box.
+        x0, x1 = (int(v) for v in np.percentile(xs, [0.5, 99.5]))
+        y0, y1 = (int(v) for v in np.percentile(ys, [0.5, 99.5]))
+        if x1 - x0 >= 16 and y1 - y0 >= 16:
+            return (x0, y0, x1 + 1, y1 + 1), mask
+    box = (round(w * 0.1), round(h * 0.1), round(w * 0.9), round(h * 0.9))
+    mask = np.zeros((h, w), dtype=bool)
+    mask[box[1]:box[3], box[0]:box[2]] = True
+    return box, mask
+
+
+def _shape_mask(size: tuple[int, int], ellipse: bool) -> np.ndarray:
+    w, h = size
+    if not ellipse:
+        return np.ones((h, w), dtype=bool)
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((xx + 0.5 - w / 2) / (w / 2)) ** 2 + ((yy + 0.5 - h / 2) / (h / 2)) ** 2 <= 1
+
+
+def _twin_region(box: tuple[int, int, int, int], mask: np.ndarray,
+                 rng: random.Random) -> tuple[tuple[int, int, int, int], bool]:
+    """A rectangle or ellipse inside the object's box covering TWIN_AREA of it, mostly on the object
+    (at least 60% of its pixels) and over at most TWIN_MAX_OBJECT_SHARE of the object's pixels."""
+    bx0, by0, bx1, by1 = box
+    bw, bh = bx1 - bx0, by1 - by0
+    on_object = mask[by0:by1, bx0:bx1]
+    object_px = max(1, int(on_object.sum()))
+    ellipse = rng.random() < 0.4
+    area = rng.uniform(*TWIN_AREA)
+    best: tuple[float, tuple[int, int, int, int]] | None = None
+    for attempt in range(60):
+        if attempt and attempt % 20 == 0:
+            area = max(0.8 * area, 0.15)  # a small or ragged object: try a smaller region
+        stretch = rng.uniform(0.6, 1.6)
+        rect_area = area * (4 / math.pi if ellipse else 1)  # an ellipse fills pi/4 of its rectangle
+        rw = min(bw, max(4, round(bw * math.sqrt(rect_area * stretch))))
+        rh = min(bh, max(4, round(bh * math.sqrt(rect_area / stretch))))
+        x0, y0 = rng.randint(0, bw - rw), rng.randint(0, bh - rh)
+        shape = _shape_mask((rw, rh), ellipse)
+        hit = int((on_object[y0:y0 + rh, x0:x0 + rw] & shape).sum())
+        on, cover = hit / max(1, int(shape.sum())), hit / object_px
+        region = (bx0 + x0, by0 + y0, bx0 + x0 + rw, by0 + y0 + rh)
+        if on >= 0.6 and cover <= TWIN_MAX_OBJECT_SHARE:
+            return region, ellipse
+        score = on if cover <= TWIN_MAX_OBJECT_SHARE else -cover
+        if best is None or score > best[0]:
+            best = (score, region)
+    assert best is not None
+    return best[1], ellipse
+
+
+def _is_grey(img: Image.Image) -> bool:
+    arr = np.asarray(img.convert("RGB"), dtype=np.int16)
+    return int(np.abs(arr - arr.mean(axis=2, keepdims=True)).max()) <= 3
+
+
+def _far_colour(mean: np.ndarray, rng: random.Random, grey: bool) -> tuple[int, int, int]:
+    """Of a dozen random colours (greys for a grey photo), the one farthest from ``mean``."""
+    best, best_d = (0, 0, 0), -1.0
+    for _ in range(12):  # not quite black or white, so that strokes on it still show
+        if grey:
+            v = rng.randint(20, 235)
+            c = (v, v, v)
+        else:
+            c = (rng.randint(20, 235), rng.randint(20, 235), rng.randint(20, 235))
+        d = float(np.linalg.norm(np.array(c, dtype=np.float32) - mean))
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
+def _grain(patch: Image.Image, rng: random.Random, sigma: float) -> Image.Image:
+    """Photographic noise, so that an altered region is not flatter than the rest of the photo."""
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    arr = np.asarray(patch.convert("RGB"), dtype=np.float32)
+    noise = nrng.normal(0, sigma, size=(arr.shape[0], arr.shape[1], 1)).astype(np.float32)
+    return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+
+
+def _pattern(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """A procedural label or decoration: stripes, checks or rings in two random colours."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    period = rng.uniform(6, 18)
+    style = rng.choice(["stripes", "checks", "rings"])
+    if style == "stripes":
+        a = rng.uniform(0, math.pi)
+        t = np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period)
+    elif style == "checks":
+        t = np.sin(2 * math.pi * xx / period) * np.sin(2 * math.pi * yy / period)
+    else:
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        t = np.sin(2 * math.pi * np.hypot(xx - cx, yy - cy) / period)
+    c1 = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    c2 = np.array(_far_colour(c1, rng, grey=False), dtype=np.float32)
+    b = ((t + 1) / 2)[..., None]
+    return _grain(Image.fromarray((c1 * (1 - b) + c2 * b).astype(np.uint8)), rng, 5)
+
+
+def _label(img: Image.Image, region: tuple[int, int, int, int], box: tuple[int, int, int, int],
+           rng: random.Random, donor: Image.Image | None) -> Image.Image:
+    """The same place on another object (``donor``'s object scaled to this object's box), or a pattern."""
+    rw, rh = region[2] - region[0], region[3] - region[1]
+    if donor is None:
+        return _pattern((rw, rh), rng)
+    dbox, _ = object_box(donor)
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    scaled = donor.convert("RGB").crop(dbox).resize((bw, bh), Image.Resampling.BICUBIC)
+    x0, y0 = region[0] - box[0], region[1] - box[1]
+    return scaled.crop((x0, y0, x0 + rw, y0 + rh))
+
+
+def _repaint(original: Image.Image, shape: np.ndarray, rng: random.Random, grey: bool) -> Image.Image:
+    """A colour far from the region's mean, with strokes and blots of nearby colours for texture."""
+    arr = np.asarray(original, dtype=np.float32)
+    base = np.array(_far_colour(arr[shape].mean(axis=0), rng, grey), dtype=np.int32)
+    patch = Image.new("RGB", original.size, tuple(int(v) for v in base))
+    draw = ImageDraw.Draw(patch)
+    w, h = original.size
+
+    def shade(c: int) -> int:  # 25-70 levels lighter or darker, whichever fits
+        off = rng.randint(25, 70) * rng.choice([-1, 1])
+        return int(c + off if 0 <= c + off <= 255 else c - off)
+
+    def near() -> tuple[int, int, int]:
+        if grey:
+            v = shade(int(base[0]))
+            return v, v, v
+        r, g, b = (shade(int(c)) for c in base)
+        return r, g, b
+
+    for _ in range(rng.randint(4, 9)):
+        x0, y0 = rng.randint(0, w - 1), rng.randint(0, h - 1)
+        x1, y1 = rng.randint(0, w - 1), rng.randint(0, h - 1)
+        if rng.random() < 0.6:
+            draw.line((x0, y0, x1, y1), fill=near(), width=rng.randint(2, max(3, min(w, h) // 8)))
+        else:
+            draw.ellipse((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=near())
+    return _grain(patch.filter(ImageFilter.GaussianBlur(0.8)), rng, 4)
+
+
+def _inscription(original: Image.Image, shape: np.ndarray, rng: random.Random, grey: bool) -> Image.Image:
+    """The region's median colour with other letters (one or two lines) in a contrasting colour."""
+    arr = np.asarray(original, dtype=np.float32)
+    median = np.median(arr[shape], axis=0)
+    patch = _grain(Image.new("RGB", original.size, tuple(int(v) for v in median)), rng, 3)
+    luminance = float(median @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    ink = median * 0.25 if luminance > 110 else median + (255 - median) * 0.8
+    if grey:
+        ink = np.full(3, ink.mean(), dtype=np.float32)
+    alphabet = "ABCDEFGHIKLMNOPRSTVXYZ0123456789"
+    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(3, 7))) for _ in range(rng.randint(1, 2))]
+    text = "\n".join(lines)
+    w, h = original.size
+    draw = ImageDraw.Draw(patch)
+    size = max(8, round(h * 0.8 / len(lines)))
+    while True:  # the largest font whose text fits in 85% of the region
+        font = _font(size)
+        left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, align="center")
+        if (right - left <= w * 0.85 and bottom - top <= h * 0.85) or size <= 8:
+            break
+        size = max(8, round(size * 0.9))
+    tw, th = right - left, bottom - top
+    x = (w - tw) / 2 - left + rng.uniform(-0.05, 0.05) * w
+    y = (h - th) / 2 - top + rng.uniform(-0.05, 0.05) * h
+    draw.multiline_text((x, y), text, fill=tuple(int(v) for v in ink), font=font, align="center")
+    return patch
+
+
+def twin_edit(img: Image.Image, rng: random.Random, donor: Image.Image | None = None,
+              kind: str | None = None) -> TwinEdit:
+    """Alter one region of the object (``kind`` from TWIN_KINDS, chosen by ``rng`` when None); every
+    other pixel stays the original's. ``twin`` adds a mild listing condition on top."""
+    kind = kind or rng.choice(TWIN_KINDS)
+    if kind not in TWIN_KINDS:
+        raise ValueError(f"unknown twin kind {kind!r}; one of {TWIN_KINDS}")
+    img = img.convert("RGB")
+    box, mask = object_box(img)
+    region, ellipse = _twin_region(box, mask, rng)
+    original = img.crop(region)
+    shape = _shape_mask(original.size, ellipse)
+    grey = _is_grey(img)
+    if kind == "label":
+        patch = _label(img, region, box, rng, donor)
+    elif kind == "repaint":
+        patch = _repaint(original, shape, rng, grey)
+    else:
+        patch = _inscription(original, shape, rng, grey)
+    if grey:
+        patch = patch.convert("L").convert("RGB")
+    # A soft edge inside the shape (a hard seam would give the twin away), never outside it.
+    alpha = Image.fromarray((shape * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.8))
+    alpha_arr = np.where(shape, np.asarray(alpha), 0).astype(np.uint8)
+    out = img.copy()
+    out.paste(patch, region[:2], Image.fromarray(alpha_arr))
+    return TwinEdit(out, kind, region, ellipse, box)
+
+
+def _mild_condition(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A slight listing condition: re-compression, a small change of light, or both."""
+    how = rng.choice(["jpeg", "colour", "both"])
+    if how in ("colour", "both"):
+        arr = np.asarray(img, dtype=np.float32)
+        gain = rng.uniform(0.94, 1.06)
+        tint = [1.0, 1.0, 1.0] if _is_grey(img) else [rng.uniform(0.98, 1.02) for _ in range(3)]
+        img = Image.fromarray(np.clip(arr * gain * np.array(tint, dtype=np.float32), 0, 255).astype(np.uint8))
+    if how in ("jpeg", "both"):
+        img = _jpeg(img, rng.randint(80, 92))
+    return img
+
+
+def twin(img: Image.Image, rng: random.Random, donor: Image.Image | None = None,
+         kind: str | None = None) -> Image.Image:
+    """A near twin of the object: one region (20-35% of the object's box, at least 65% of the object
+    left as it is) carries another label (from ``donor``, another object's photo, or a pattern), is
+    repainted, or bears another inscription; then a mild listing condition. Never the same object."""
+    return _mild_condition(twin_edit(img, rng, donor, kind).image, rng)
+
+
 # One query per transform and registry photo; `lot` combines two objects and is applied separately.
 TRANSFORMS: dict[str, Callable[[Image.Image, random.Random], Image.Image]] = {
     "crop": crop,
@@ -191,13 +455,17 @@ TRANSFORMS: dict[str, Callable[[Image.Image, random.Random], Image.Image]] = {
 
 
 def write_pack(objects: list[tuple[str, str | None, list[Image.Image]]], out, seed: int = 2026,
-               holdout: int = 0, lots: int = 0, transforms: list[str] | None = None) -> dict:
+               holdout: int = 0, lots: int = 0, transforms: list[str] | None = None, twins: int = 0) -> dict:
     """Write a benchmark pack (``../shared/benchmarks/README.md`` format) from registry objects.
 
     ``objects``: (object id, title, photos). Every photo of a registered object becomes a reference;
     the first photo of each object gets one query per transform. The last ``holdout`` objects are
     left out of the references, so their queries are open-set (``object_ids: []``). ``lots`` queries
-    show two registered objects side by side.
+    show two registered objects side by side. ``twins`` registered objects (drawn with the seed) get a
+    near twin of their first photo (``twin``, the kinds in turn, another registered object's first
+    photo as the label donor): an open-set query (``object_ids: []``, tags ``twin``, ``twin:<kind>``,
+    ``unregistered``) whose nearest registered object is its original, ``queries/twin-<object>.jpg``
+    beside ``references/<object>-0.jpg``.
     """
     import json
     from pathlib import Path
@@ -228,6 +496,63 @@ def write_pack(objects: list[tuple[str, str | None, list[Image.Image]]], out, se
         lot([_listing_size(registered[a][2][0]), _listing_size(registered[b][2][0])], rng).save(
             out / path, "JPEG", quality=85)
         queries.append({"path": path, "object_ids": [registered[a][0], registered[b][0]], "tags": ["several-objects"]})
+    n_twins = min(twins, len(registered))
+    for i, n in enumerate(sorted(rng.sample(range(len(registered)), n_twins))):
+        others = [m for m in range(len(registered)) if m != n]
+        donor = registered[rng.choice(others)][2][0] if others else None
+        kind = TWIN_KINDS[i % len(TWIN_KINDS)]
+        path = f"queries/twin-{n:05d}.jpg"
+        twin(_listing_size(registered[n][2][0]), rng, donor=donor, kind=kind).save(out / path, "JPEG", quality=92)
+        queries.append({"path": path, "object_ids": [],
+                        "tags": ["twin", f"twin:{kind}", f"twin-of:{registered[n][0]}", "unregistered"]})
     (out / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs), encoding="utf-8")
     (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    return {"references": len(refs), "queries": len(queries), "objects": len(objects), "holdout": holdout}
+    return {"references": len(refs), "queries": len(queries), "objects": len(objects), "holdout": holdout,
+            "twins": n_twins}
+
+
+# Registry photos go into a pack at most this long: a search decodes photos far smaller than this
+# (``decode.working_side``), and a pack of a large registry is built in memory.
+PACK_PHOTO_SIDE = 1024
+
+
+def registry_objects(store: RegistryStore, limit: int | None = None,
+                     max_side: int = PACK_PHOTO_SIDE) -> list[tuple[str, str | None, list[Image.Image]]]:
+    """The registry's artefacts that have photos, as ``write_pack`` takes them: (object id, title,
+    photos), in registry order, at most ``limit``. The object id is the inventory number (with the
+    artefact's row id when two institutions use the same number). A photo that cannot be read is
+    skipped with a warning; an artefact left with none is skipped."""
+    import logging
+
+    from app.core.errors import AppError
+    from app.pipeline.decode import decode_image
+    from app.registry.store import ArtefactFilter
+
+    log = logging.getLogger(__name__)
+    objects: list[tuple[str, str | None, list[Image.Image]]] = []
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        page, total = store.list_artefacts(ArtefactFilter(), offset, 200)
+        for a in page:
+            photos = []
+            for p in a.photos:
+                try:
+                    img = decode_image(store.photos.read(p.sha256, p.format), min_side=max_side).image
+                except (OSError, AppError) as exc:
+                    log.warning("Photo %s of artefact %s cannot be read (%s): skipped.", p.id,
+                                a.inventory_number, getattr(exc, "message", None) or exc)
+                    continue
+                if max(img.size) > max_side:
+                    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+                photos.append(img)
+            if not photos:
+                continue
+            object_id = a.inventory_number if a.inventory_number not in seen else f"{a.inventory_number}#{a.id}"
+            seen.add(object_id)
+            objects.append((object_id, a.title, photos))
+            if limit and len(objects) >= limit:
+                return objects
+        offset += len(page)
+        if not page or offset >= total:
+            return objects
