@@ -140,6 +140,16 @@ class MatchEvidence(BaseModel):
     matches: int = Field(
         default=0, description="Keypoint matches (mutual nearest, ratio test) before the geometric check."
     )
+    coverage: float = Field(
+        default=0.0, description="Share of the object's visible extent spanned by the agreeing keypoints, 0 to 1."
+    )
+    surface: float | None = Field(
+        default=None,
+        description="Share of the aligned object's surface that agrees between the two photos, 0 to 1 "
+                    "(null: not compared).",
+    )
+    surface_cells: int = Field(default=0, description="Cells of the aligned object whose surfaces were compared.")
+    summary: str = Field(default="", description="What the verdict rests on, in one sentence.")
 
 
 class SearchResult(BaseModel):
@@ -164,6 +174,13 @@ class ModelInfo(BaseModel):
     dim: int
     device: str
     calibrated: bool = Field(default=True, description="False: scores follow fixed cosine thresholds, not a fit.")
+    calibration: str = Field(
+        default="",
+        description="The calibration in force: where it came from (`data-dir`: fitted on this registry by "
+                    "`heritage-match calibrate`; `shipped`: fitted on benchmark packs and shipped with the "
+                    "software) and when it was fitted, e.g. `data-dir, fitted 2026-12-07T12:00:00Z`; or "
+                    "`none: fixed cosine thresholds`.",
+    )
 
 
 class QueryInfo(BaseModel):
@@ -201,11 +218,27 @@ class IndexStatus(BaseModel):
     matches_model: bool | None = Field(default=None, description="Built with the active model: searches can use it.")
 
 
+class CalibrationStatus(BaseModel):
+    """The calibration in force and how it did on objects its fit never saw."""
+
+    origin: Literal["data-dir", "shipped", "none"] = Field(
+        description="`data-dir`: fitted on this registry (`heritage-match calibrate`); `shipped`: fitted on "
+                    "benchmark packs and shipped with the software; `none`: fixed cosine thresholds.")
+    fitted: str | None = Field(default=None, description="When it was fitted (UTC, ISO 8601).")
+    path: str | None = Field(default=None, description="Its file name.")
+    held_out: dict[str, dict[str, float | None]] | None = Field(
+        default=None,
+        description="Per benchmark pack (and `all`): `recall@1`, `match_recall`, `false_match_rate` (open-set "
+                    "queries called `match`) and `false_match_rate_upper95` (its Clopper-Pearson 95% upper "
+                    "bound), each measured on objects the fit never saw.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: ModelInfo | None
     index: IndexStatus | None
     artefacts: int | None
+    calibration: CalibrationStatus | None = None
 
 
 class Readiness(BaseModel):

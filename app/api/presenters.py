@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from app.pipeline.calibrate import Calibration, calibration_file_name
 from app.registry.models import Artefact, Photo
-from app.schemas import RECORD_FIELDS, ArtefactOut, PhotoOut, photo_url
+from app.schemas import RECORD_FIELDS, ArtefactOut, CalibrationStatus, PhotoOut, photo_url
 from app.service import MatchingService
 
 
@@ -26,3 +27,12 @@ def artefact_outs(service: MatchingService, artefacts: list[Artefact]) -> list[A
         )
         for a in artefacts
     ]
+
+
+def calibration_status(cal: Calibration) -> CalibrationStatus:
+    """The calibration in force as /healthz shows it."""
+    if not cal.calibrated:
+        return CalibrationStatus(origin="none")
+    return CalibrationStatus(origin="data-dir" if cal.origin == "data-dir" else "shipped",
+                             fitted=cal.source.get("fitted"), path=calibration_file_name(cal.model),
+                             held_out=cal.held_out() or None)

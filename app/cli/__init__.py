@@ -1,8 +1,8 @@
 """The ``heritage-match`` command line.
 
 This module lays out the commands and their groups; each command lives in the module of its group
-(``serve``, ``search``, ``registry``, ``index``, ``models``, ``evaluate``, ``scan``, ``keys``, ``audit``)
-and imports what it needs only when it runs, so that the command line starts quickly. ``console`` holds
+(``serve``, ``search``, ``registry``, ``index``, ``models``, ``evaluate``, ``calibrate``, ``scan``, ``keys``,
+``audit``) and imports what it needs only when it runs, so that the command line starts quickly. ``console`` holds
 what they share: the console, errors, progress bars, the service and registry openers.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from app.cli import audit, evaluate, index, keys, models, registry, scan, search, serve
+from app.cli import audit, calibrate, evaluate, index, keys, models, registry, scan, search, serve
 from app.cli.console import console
 from app.core.config import get_settings
 from app.core.errors import AppError
@@ -32,6 +32,7 @@ app.command("serve")(serve.serve)
 app.command("demo")(search.demo)
 app.command("search")(search.search)
 app.command("evaluate")(evaluate.evaluate)
+app.command("calibrate")(calibrate.calibrate)
 app.command("scan")(scan.scan)
 registry_app.command("import")(registry.registry_import)
 registry_app.command("export")(registry.registry_export)

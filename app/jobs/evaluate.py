@@ -124,11 +124,14 @@ def _candidate_rows(query: dict, expected: list[str], results: list[SearchResult
     for rank, r in enumerate(results, start=1):
         ev = r.evidence
         rows.append({
-            "query": query["path"], "rank": rank, "object_id": id_of.get(r.artefact_id),
+            "query": query["path"], "rank": rank, "object_id": id_of.get(r.artefact_id), "expected": expected,
+            "tags": query.get("tags", []),
             "label": int(id_of.get(r.artefact_id) in expected), "open_set": not expected,
             "exact_reuse": ev.exact_reuse, "cosine": ev.cosine, "margin": ev.margin, "colour": ev.colour,
             "colour_margin": ev.colour_margin, "matches": ev.matches,
-            "inliers": ev.inliers, "score": r.score, "verdict": r.verdict,
+            "inliers": ev.inliers, "coverage": ev.coverage, "surface": ev.surface,
+            "surface_cells": ev.surface_cells, "score": r.score,
+            "verdict": r.verdict, "photo_id": r.photo_id,
         })
     return rows
 
@@ -158,8 +161,8 @@ def _score_queries(service: MatchingService, pack: Path, queries: list[dict], id
         verdicts = {id_of.get(r.artefact_id): r.verdict for r in response.results}
         expected = [str(o) for o in q.get("object_ids", [])]
         candidates.extend(_candidate_rows(q, expected, response.results, id_of))
-        top = ({"got_score": response.results[0].score, "got_verdict": response.results[0].verdict}
-               if response.results else {})
+        top = ({"got_score": response.results[0].score, "got_verdict": response.results[0].verdict,
+                "got_summary": response.results[0].evidence.summary} if response.results else {})
         if not expected:
             open_set += 1
             if response.results and response.results[0].verdict == "match":

@@ -1,5 +1,6 @@
 """The evaluation as one self-contained HTML page: figures, per-tag recall, and every failure shown
-side by side (query, what the system answered, what it should have answered).
+side by side (query, what the system answered, what it should have answered), and the query aligned
+onto each registry photo with the cells where their surfaces differ marked.
 
 Thumbnails are embedded as data: URIs so the page opens from disk and can be archived with the run.
 The page is the template ``app/jobs/templates/evaluate_report.html``; this module computes what it shows.
@@ -14,6 +15,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from app.core.errors import AppError
 from app.jobs import reports
 
 THUMB = 160
@@ -49,8 +51,38 @@ def _figure(path: Path | None, caption: str) -> Figure:
     return Figure(thumbnail_uri(path) if path else "", caption)
 
 
-def render_report(result: dict, pack: Path, reference_of: dict[str, str]) -> str:
-    """``reference_of``: object id -> path (relative to the pack) of one of its reference photos."""
+def _uri(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def aligned_figure(query: Path, reference: Path | None, label: str) -> Figure:
+    """The reference beside the query warped onto it (cells whose surfaces differ in red), as the
+    verification sees them; a caption that says so when the two photos cannot be aligned."""
+    from app.pipeline.decode import decode_image
+    from app.pipeline.features import extract_features, verify_geometry
+    from app.pipeline.surface import aligned_view
+
+    if reference is None:
+        return Figure("", "")
+    try:
+        q = decode_image(query.read_bytes()).image
+        r = decode_image(reference.read_bytes()).image
+    except (OSError, ValueError, AppError):
+        return Figure("", f"{label}: a photo cannot be read")
+    qf, rf = extract_features(q), extract_features(r)
+    g = verify_geometry(qf, rf)
+    if g.homography is None:
+        return Figure("", f"{label}: no single geometry aligns the two photos ({g.matches} keypoint matches)")
+    view = aligned_view(q, r, g.homography, qf.size, rf.size, rf.points, side=2 * THUMB)
+    return Figure(_uri(view), f"{label}: registry photo | query aligned onto it; {g.inliers} keypoints agree "
+                              f"over {g.coverage:.0%} of the object; red cells differ")
+
+
+def render_report(result: dict, pack: Path, reference_of: dict[str, str], aligned: bool = True) -> str:
+    """``reference_of``: object id -> path (relative to the pack) of one of its reference photos.
+    ``aligned``: show each failure's photos aligned as the verification saw them."""
     pack = Path(pack)
 
     def ref(obj: str | None) -> Path | None:
@@ -65,12 +97,18 @@ def render_report(result: dict, pack: Path, reference_of: dict[str, str]) -> str
         score = f.get("got_score")
         kind = "false match (object not registered)" if f.get("kind") == "false_match" else (
             f"expected object at rank {f.get('rank')}" if f.get("rank") else "expected object not in the results")
-        failures.append(Failure(kind, verdict, [
+        figures = [
             _figure(pack / f["query"], f"query {f['query']}"),
-            _figure(ref(answer), f"answer: {answer} " + (f"({score:.3f}, {verdict})" if score is not None else "")),
+            _figure(ref(answer), f"answer: {answer} " + (f"({score:.3f}, {verdict})" if score is not None else "")
+                    + (f" — {f['got_summary']}" if f.get("got_summary") else "")),
             _figure(ref(f.get("expected")) if f.get("expected") else None,
                     f"expected: {f.get('expected') or 'none (unregistered)'}"),
-        ]))
+        ]
+        if aligned:
+            figures.append(aligned_figure(pack / f["query"], ref(answer), "answer aligned"))
+            if f.get("expected") and f.get("expected") != answer:
+                figures.append(aligned_figure(pack / f["query"], ref(f["expected"]), "expected aligned"))
+        failures.append(Failure(kind, verdict, [fig for fig in figures if fig.src or fig.caption]))
     return reports.render(
         "evaluate_report.html",
         pack_name=pack.name,

@@ -98,6 +98,11 @@ class GeometryResult:
     inliers: int  # keypoint matches consistent with one homography
     matches: int  # matches passing the ratio test
     box: tuple[int, int, int, int] | None  # (x0, y0, x1, y1) of the inliers in the query image
+    # Share of the object's visible extent that the inliers span: the area of the inliers' hull over
+    # that of the reference keypoints the homography puts inside the query frame. Agreement on a
+    # logo, a cap or a rim spans a corner of the object; the same object agrees across it.
+    coverage: float = 0.0
+    homography: np.ndarray | None = None  # reference keypoint frame -> query keypoint frame
 
 
 NO_GEOMETRY = GeometryResult(0, 0, None)
@@ -167,7 +172,30 @@ def verify_geometry(query: LocalFeatures, ref: LocalFeatures) -> GeometryResult:
     pts = query.points[q_idx[inl]]
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
-    return GeometryResult(count, n, (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
+    return GeometryResult(count, n, (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))),
+                          coverage(H, ref, ref.points[r_idx[inl]], query.size), H)
+
+
+def _hull_area(points: np.ndarray) -> float:
+    if len(points) < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(np.asarray(points, np.float32))))
+
+
+def coverage(H: np.ndarray, ref: LocalFeatures, inlier_points: np.ndarray, query_size: tuple[int, int]) -> float:
+    """Share of the reference object's part visible in the query that the inliers span (0 to 1).
+
+    The object's extent is the hull of the reference's keypoints (they fall on the object, seldom on
+    a plain background); only those the homography maps inside the query frame count, so a query
+    that crops the object is measured against what it shows.
+    """
+    projected = cv2.perspectiveTransform(ref.points.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+    w, h = query_size
+    inside = (projected[:, 0] >= 0) & (projected[:, 0] < w) & (projected[:, 1] >= 0) & (projected[:, 1] < h)
+    visible = _hull_area(ref.points[inside])
+    if visible <= 0:
+        return 0.0
+    return float(min(1.0, _hull_area(inlier_points) / visible))
 
 
 def _plausible(H: np.ndarray) -> bool:

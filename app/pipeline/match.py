@@ -1,6 +1,7 @@
 """From photo hits to judged artefact candidates. Pure functions, no I/O.
 
 search hits -> ``aggregate_by_artefact`` -> ``gather_evidence`` (colour, geometry) ->
+``surfaces_to_compare`` (the search compares their aligned surfaces, ``surface.py``) ->
 ``judge`` (calibrated score, verdict) -> ranked candidates.
 """
 
@@ -122,9 +123,20 @@ def gather_evidence(
     cosine_margins = margins([c.score for c in candidates], calibration.background_cosine)
     colour_margins = margins([f[0] for f in found], 0.0)
     return [
-        (Evidence(c.score, m, colour, geometry.inliers, cm, matches), best_photo, geometry)
+        (Evidence(c.score, m, colour, geometry.inliers, cm, matches, geometry.coverage), best_photo, geometry)
         for c, m, cm, (colour, best_photo, geometry, matches) in zip(candidates, cosine_margins, colour_margins, found)
     ]
+
+
+# Aligned surfaces are compared for the few candidates whose geometry could make them a `match`:
+# each comparison reads the registry photo (a few milliseconds), and a search has one right answer.
+SURFACES_COMPARED = 3
+
+
+def surfaces_to_compare(evidence: list[tuple[Evidence, int, GeometryResult]], min_inliers: int) -> list[int]:
+    """Indices of the candidates whose aligned surfaces are worth comparing: most inliers first."""
+    eligible = [i for i, (ev, _, g) in enumerate(evidence) if g.homography is not None and ev.inliers >= min_inliers]
+    return sorted(eligible, key=lambda i: -evidence[i][0].inliers)[:SURFACES_COMPARED]
 
 
 def judge(candidates: list[Candidate], evidence: list[tuple[Evidence, int, GeometryResult]],
@@ -137,6 +149,6 @@ def judge(candidates: list[Candidate], evidence: list[tuple[Evidence, int, Geome
     for c, (ev, photo_id, geometry) in zip(candidates, evidence):
         score = calibration.score(ev)
         box = geometry.box if geometry.box is not None else (boxes[c.region] if c.region < len(boxes) else None)
-        judged.append(Judged(c, ev, score, calibration.verdict(score), photo_id, box))
+        judged.append(Judged(c, ev, score, calibration.verdict(score, ev), photo_id, box))
     judged.sort(key=lambda j: (-j.score, -j.evidence.cosine, j.candidate.artefact_id))
     return judged

@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
+from PIL import Image
 
 from app.core.config import Settings
 from app.core.errors import AppError, IndexModelMismatch
 from app.embedding import ImageEncoder
 from app.pipeline.calibrate import Calibration, Evidence, load_calibration
 from app.pipeline.decode import DecodedImage, decode_image, working_side
-from app.pipeline.features import LocalFeatures, extract_features
+from app.pipeline.features import GeometryResult, LocalFeatures, extract_features
 from app.pipeline.match import (
     Candidate,
     Judged,
@@ -29,10 +31,13 @@ from app.pipeline.match import (
     gather_evidence,
     judge,
     photos_to_check,
+    surfaces_to_compare,
 )
 from app.pipeline.regions import Box, crop, full_frame, propose_regions
 from app.pipeline.retrieve import VectorIndex
 from app.pipeline.signature import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
+from app.pipeline.surface import SURFACE_SIDE, QueryPyramid, compare_surface
+from app.pipeline.verdict import MIN_INLIERS, MIN_SURFACE, MIN_SURFACE_CELLS, evidence_line
 from app.registry.models import ArtefactStatus, Photo
 from app.registry.store import RegistryStore
 from app.schemas import MatchEvidence, ModelInfo, QueryInfo, Region, SearchResponse, SearchResult, photo_url
@@ -69,14 +74,15 @@ class PhotoSearch:
     def calibration(self) -> Calibration:
         if self._calibration is None:
             fp = self.encoder.fingerprint
-            cal = load_calibration(fp, self.encoder.match_threshold, self.encoder.possible_threshold)
+            cal = load_calibration(fp, self.encoder.match_threshold, self.encoder.possible_threshold,
+                                   self.settings.data_dir)
             self._calibration = cal.with_thresholds(self.settings.match_threshold, self.settings.possible_threshold)
         return self._calibration
 
     def model_info(self) -> ModelInfo:
         fp = self.encoder.fingerprint
         return ModelInfo(name=fp.name, fingerprint=fp.id, dim=fp.dim, device=str(self.encoder.device),
-                         calibrated=self.calibration.calibrated)
+                         calibrated=self.calibration.calibrated, calibration=self.calibration.describe())
 
     def decode(self, data: bytes) -> DecodedImage:
         """Decode for a search: JPEGs at reduced scale (``decode.working_side`` of the model input)."""
@@ -114,7 +120,8 @@ class PhotoSearch:
         analyses: list[PhotoAnalysis | None] = [d.analysis for d in decoded]
         signatures = [a.signature if a else compute_signature(d.image, features=False)
                       for a, d in zip(analyses, decoded)]
-        judged: list[list[Judged] | None] = [self._exact_reuse(sig, k) or None for sig in signatures]
+        judged: list[list[Judged] | None] = [self._exact_reuse(sig, k, d.image) or None
+                                             for sig, d in zip(signatures, decoded)]
         regions = {i: self._regions(decoded[i], analyses[i]) for i, j in enumerate(judged) if j is None}
         crops = [crop(decoded[i].image, box) if n else decoded[i].image
                  for i, boxes in regions.items() for n, box in enumerate(boxes)]
@@ -126,7 +133,8 @@ class PhotoSearch:
             # SIFT and the model's threads fought over 2 cores.)
             if signatures[i].features is None:
                 signatures[i].features = extract_features(decoded[i].image)
-            judged[i] = self._search_regions(vectors[start:start + len(boxes)], boxes, signatures[i], k, idx)
+            judged[i] = self._search_regions(vectors[start:start + len(boxes)], boxes, signatures[i], k, idx,
+                                             decoded[i].image)
             start += len(boxes)
         model = self.model_info()
         return [
@@ -149,7 +157,7 @@ class PhotoSearch:
         return [frame] + propose_regions(decoded.image)
 
     def _search_regions(self, vectors: np.ndarray, boxes: list[Box], signature: VisualSignature, top_k: int,
-                        idx: VectorIndex) -> list[Judged]:
+                        idx: VectorIndex, image: Image.Image) -> list[Judged]:
         """Search every region, merge per artefact, verify the best candidates, score, rank."""
         wanted = max(top_k, VERIFIED_CANDIDATES)
         scores, ids = idx.search(vectors, max(MIN_HITS, wanted * HITS_PER_RESULT))
@@ -157,9 +165,43 @@ class PhotoSearch:
         owner = self.store.photo_owner_map(sorted({int(i) for i in ids.ravel() if i >= 0}))
         candidates = aggregate_by_artefact(scores.ravel(), ids.ravel(), owner, wanted, region_of)
         photo_ids = sorted({p for checked in photos_to_check(candidates, VERIFIED_CANDIDATES) for p in checked})
-        evidence = gather_evidence(signature, candidates, self.photo_evidence(photo_ids), self.calibration,
-                                   VERIFIED_CANDIDATES)
+        stored = self.photo_evidence(photo_ids)
+        evidence = gather_evidence(signature, candidates, stored, self.calibration, VERIFIED_CANDIDATES)
+        evidence = self._compare_surfaces(image, signature, evidence, stored)
         return judge(candidates, evidence, self.calibration, [b.as_tuple() for b in boxes])[:top_k]
+
+    def _compare_surfaces(self, image: Image.Image, signature: VisualSignature,
+                          evidence: list[tuple[Evidence, int, GeometryResult]],
+                          stored: dict[int, PhotoEvidence]) -> list[tuple[Evidence, int, GeometryResult]]:
+        """Aligned-surface agreement for the candidates whose geometry could make them a match."""
+        chosen = surfaces_to_compare(evidence, MIN_INLIERS)
+        if not chosen:
+            return evidence
+        assert signature.features is not None
+        photos = {p.id: p for p in self.store.photos_by_ids([evidence[i][1] for i in chosen])}
+        pyramid = QueryPyramid(image, signature.features.size)
+        out = list(evidence)
+        for i in chosen:
+            ev, pid, geometry = evidence[i]
+            photo, ref = photos.get(pid), stored.get(pid)
+            if photo is None or ref is None or geometry.homography is None:
+                continue
+            reference = self._surface_reference(photo)
+            if reference is None:
+                continue
+            s = compare_surface(pyramid, reference, geometry.homography, signature.features.size,
+                                ref.features.size, ref.features.points)
+            out[i] = (replace(ev, surface=s.agreement, surface_cells=s.cells), pid, geometry)
+        return out
+
+    def _surface_reference(self, photo: Photo) -> Image.Image | None:
+        """A registry photo decoded small (JPEG DCT scaling) for the surface comparison."""
+        try:
+            data = self.store.photos.read(photo.sha256, photo.format)
+            return decode_image(data, max_pixels=self.settings.max_image_pixels, min_side=2 * SURFACE_SIDE).image
+        except (AppError, OSError) as exc:  # a missing photo file costs this check, not the search
+            log.error("Photo %d cannot be read for the surface check: %s", photo.id, exc)
+            return None
 
     def photo_evidence(self, photo_ids: list[int]) -> dict[int, PhotoEvidence]:
         """Stored signatures of registry photos; photos registered before signatures existed get theirs now."""
@@ -186,8 +228,13 @@ class PhotoSearch:
             self.store.put_signatures(done)
         return len(done)
 
-    def _exact_reuse(self, signature: VisualSignature, top_k: int) -> list[Judged]:
-        """Registry photos this query re-uses (resized, recompressed, watermarked): no neural work needed."""
+    def _exact_reuse(self, signature: VisualSignature, top_k: int, image: Image.Image) -> list[Judged]:
+        """Registry photos this query re-uses (resized, recompressed, watermarked): no neural work needed.
+
+        A near-identical hash is not enough: a twin made from a registry photo by altering one
+        region (another label, a repainted patch) keeps most of the hash. The two pictures must
+        also agree over the object's surface, compared as they are (no alignment needed).
+        """
         bits = bin(signature.phash & (2**64 - 1)).count("1")
         if not 8 <= bits <= 56:  # a near-uniform picture's hash says little
             return []
@@ -199,13 +246,23 @@ class PhotoSearch:
             return []
         evidence = self.photo_evidence([int(i) for i in near])
         owner = self.store.photo_owner_map(list(evidence))
+        photos = {p.id: p for p in self.store.photos_by_ids(list(evidence))}
         found: dict[int, Judged] = {}
         for pid, ev in evidence.items():
             colour = float(np.dot(signature.colour, ev.colour))
-            if colour < REUSE_MIN_COLOUR or pid not in owner or owner[pid] in found:
+            if colour < REUSE_MIN_COLOUR or pid not in owner or owner[pid] in found or pid not in photos:
                 continue
+            reference = self._surface_reference(photos[pid])
+            if reference is None:
+                continue
+            rw, rh = ev.features.size
+            scale = np.diag([image.width / max(rw, 1), image.height / max(rh, 1), 1.0])
+            surface = compare_surface(image, reference, scale, image.size, ev.features.size, ev.features.points)
+            if surface.cells < MIN_SURFACE_CELLS or surface.agreement < MIN_SURFACE:
+                continue  # same layout, other content somewhere: searched like any photo
             cand = Candidate(owner[pid], pid, 1.0, 0, (pid,))
-            found[owner[pid]] = Judged(cand, Evidence(1.0, 1.0, colour, 0), 1.0, "match", pid,
+            found[owner[pid]] = Judged(cand, Evidence(1.0, 1.0, colour, 0, surface=surface.agreement,
+                                                      surface_cells=surface.cells), 1.0, "match", pid,
                                        exact_reuse=True)
         return list(found.values())[:top_k]
 
@@ -233,10 +290,15 @@ class PhotoSearch:
                 region = Region(x0=int(x0 * sx), y0=int(y0 * sy), x1=min(decoded.width, round(x1 * sx)),
                                 y1=min(decoded.height, round(y1 * sy)))
             ev = j.evidence
-            evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4)) if j.exact_reuse else
+            surface = round(ev.surface, 4) if ev.surface_cells else None
+            summary = evidence_line(ev, j.verdict, j.exact_reuse)
+            evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4), surface=surface,
+                                      surface_cells=ev.surface_cells, summary=summary)
+                        if j.exact_reuse else
                         MatchEvidence(cosine=round(float(np.clip(ev.cosine, -1, 1)), 6), margin=round(ev.margin, 6),
                                       colour=round(ev.colour, 4), colour_margin=round(ev.colour_margin, 4),
-                                      inliers=ev.inliers, matches=ev.matches))
+                                      inliers=ev.inliers, matches=ev.matches, coverage=round(ev.coverage, 4),
+                                      surface=surface, surface_cells=ev.surface_cells, summary=summary))
             results.append(SearchResult(
                 artefact_id=a.id, inventory_number=a.inventory_number, institution=a.institution, title=a.title,
                 status=ArtefactStatus(a.status), score=round(j.score, 6), verdict=j.verdict, photo_id=j.photo_id,

@@ -14,6 +14,7 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from app.pipeline.verdict import MIN_SURFACE
 from app.security.actor import ANONYMOUS
 from app.security.roles import Permission
 from app.web import i18n
@@ -26,6 +27,8 @@ WEB_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'se
 
 templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                         trim_blocks=True, lstrip_blocks=True)
+# The evidence line says whether the aligned surfaces agree by the verdict's own rule.
+templates.globals["min_surface"] = MIN_SURFACE
 
 
 CSRF_REFUSED = N_("This form has expired or did not come from this site. Reload the page and try again.")

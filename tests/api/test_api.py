@@ -77,6 +77,29 @@ def test_exact_registry_photo_is_a_match(demo_client, coins):
     assert body["query"]["width"] == coins[0].image.width
 
 
+def test_a_match_says_what_it_rests_on_and_a_twin_is_not_one(demo_client, coins):
+    from app.jobs.listing_transforms import perspective, twin
+
+    coin = coins[3]
+    listed = perspective(coin.image.resize((480, 480)), random.Random(5))
+    body = demo_client.post("/v1/search", files={"image": ("l.jpg", jpeg_bytes(listed, quality=85), "image/jpeg")}
+                            ).json()
+    top = body["results"][0]
+    assert top["inventory_number"] == coin.inventory_number and top["verdict"] == "match", top
+    ev = top["evidence"]
+    assert ev["inliers"] >= 12 and ev["coverage"] >= 0.35 and ev["surface"] >= 0.85 and ev["surface_cells"] >= 6
+    assert "keypoints agree over" in ev["summary"] and "aligned surface agrees" in ev["summary"]
+
+    donor = coins[9].image
+    altered = twin(coin.image.resize((480, 480)), random.Random(2), donor=donor, kind="label")
+    body = demo_client.post("/v1/search", files={"image": ("t.jpg", jpeg_bytes(altered, quality=90), "image/jpeg")}
+                            ).json()
+    assert all(r["verdict"] != "match" for r in body["results"]), body["results"][:2]
+    top = body["results"][0]
+    assert top["inventory_number"] == coin.inventory_number  # it is found, as a possible match...
+    assert "aligned surface differs" in top["evidence"]["summary"]  # ...and the evidence says why not more
+
+
 def test_artefact_crud_and_photo_indexing(client):
     r = client.post("/v1/artefacts", json={"inventory_number": "GZ-001", "institution": "Gaza Museum",
                                            "title": "Oil lamp", "object_type": "lamp", "status": "looted",

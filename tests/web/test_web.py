@@ -245,8 +245,8 @@ def test_case_report_carries_what_a_seizure_file_needs(demo, coins, browser_as, 
     assert "UTC" in text and coins[2].inventory_number in text and 'data-verdict="match"' in text
     # What each candidate rests on, and where in the photo it was found, are on paper too.
     assert "Where in the query photo" in text
-    assert re.search(r"keypoint matches agree on one shape|The same photo as the registry|Looks alike", text)
-    assert re.search(r"keypoint matches agree on one shape|The same photo as the registry|Looks alike",
+    assert re.search(r"keypoints agree over \d+% of the object|The same photo as the registry|Looks alike", text)
+    assert re.search(r"keypoints agree over \d+% of the object|The same photo as the registry|Looks alike",
                      client.get(results).text)
     assert "@media print" in client.get("/static/app.css").text
     query = client.get(results + "/query.jpg")
@@ -637,3 +637,33 @@ def test_kept_searches_are_shared_by_server_processes_bounded_and_private(tmp_pa
     assert two.get(kept[0].id, "s1", 7) is None  # the oldest went first
     assert two.get(kept[-1].id, "other-session", 7) is None and two.get(kept[-1].id, "s1", 8) is None
     one.close(), two.close()
+
+
+@pytest.fixture
+def registry_calibration(settings, encoder):
+    """A calibration fitted on the test registry (as `heritage-match calibrate` stores it), in place before
+    the service starts."""
+    from app.pipeline.calibrate import calibration_path, data_calibration_path
+
+    data = json.loads(calibration_path(encoder.fingerprint.name).read_text())
+    data["source"] = {**data["source"], "fitted": "2026-12-07T12:00:00Z", "figures_held_out": {
+        "registry-listing": {"recall@1": 0.97, "match_recall": 0.93, "false_match_rate": 0.0,
+                             "false_match_rate_upper95": 0.0445},
+        "all": {"recall@1": 0.97, "match_recall": 0.93, "false_match_rate": 0.0, "false_match_rate_upper95": 0.0445}}}
+    path = data_calibration_path(settings.data_dir, encoder.fingerprint.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_case_report_says_which_calibration_scored_the_search(registry_calibration, demo, coins, browser_as):
+    client = browser_as("officer")
+    results = web_search(client, coin_query(coins[5].image, random.Random(4)))
+    text = client.get(results + "/report").text
+    assert 'data-origin="data-dir"' in text and "fitted on this registry" in text
+    assert "2026-12-07T12:00:00Z" in text
+    held_out = re.search(r'id="report-held-out">(.*?)</td>', text, re.S).group(1)
+    assert "registry-listing" in held_out and "0.0%, at most 4.5% at 95% confidence" in held_out
+    assert "all packs" not in held_out  # one pack: the same figures twice say nothing more
+    french = client.get(results + "/report?lang=fr").text
+    assert "ajusté sur ce registre" in french and "au plus 4.5%" in french

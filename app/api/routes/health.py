@@ -4,6 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep
+from app.api.presenters import calibration_status
 from app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -11,12 +12,13 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True)
 def healthz(service: ServiceDep) -> Health:
-    """Liveness, the active model and its fingerprint, and the index state."""
+    """Liveness, the active model and its fingerprint, the calibration in force, and the index state."""
     return Health(
         status="ok",
         model=service.model_info(),
         index=service.index_status(),
         artefacts=service.store.count_artefacts(),
+        calibration=calibration_status(service.calibration),
     )
 
 

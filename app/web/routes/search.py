@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from app.core.errors import AppError, RateLimited
 from app.http.audited_search import audited_search
 from app.http.requests import read_upload
+from app.pipeline.calibrate import Calibration
 from app.pipeline.decode import decode_image, thumbnail_jpeg
 from app.registry.access import may_read_artefact, may_see_photo
 from app.registry.models import Artefact
@@ -136,10 +137,33 @@ def results(request: Request, search_id: str, user: Searcher):
     return render(request, "results.html", user=user, kept=kept, views=_views(request, user, kept))
 
 
+@dataclass
+class CalibrationView:
+    """The calibration a kept search was scored with, as the case report shows it."""
+
+    origin: str  # "data-dir", "shipped", "none"; "" for a search kept before responses said it
+    fitted: str | None
+    # Per pack: false-match rate and its 95% upper bound on objects the fit never saw; empty when the
+    # calibration in force now is not the one the search used.
+    held_out: dict[str, dict[str, float | None]]
+
+
+def _calibration_view(calibration: Calibration, said: str) -> CalibrationView:
+    origin, _, rest = said.partition(",")
+    fitted = rest.strip().removeprefix("fitted ").strip() or None
+    held_out = calibration.held_out() if said and calibration.describe() == said else {}
+    held_out = {pack: f for pack, f in held_out.items() if f.get("false_match_rate") is not None}  # no open set
+    if len(held_out) == 2:
+        held_out.pop("all", None)  # one pack: its figures and "all" are the same
+    return CalibrationView(origin=origin.split(":")[0].strip(), fitted=fitted, held_out=held_out)
+
+
 @router.get("/results/{search_id}/report")
 def case_report(request: Request, search_id: str, user: Searcher):
     kept = _kept(request, user, search_id)
-    return render(request, "report.html", user=user, kept=kept, views=_views(request, user, kept))
+    calibration = _calibration_view(request.app.state.service.calibration, kept.response.model.calibration)
+    return render(request, "report.html", user=user, kept=kept, views=_views(request, user, kept),
+                  calibration=calibration)
 
 
 @router.get("/results/{search_id}/query.jpg")

@@ -36,5 +36,7 @@ def test_geometry_lifts_the_same_object_above_a_closer_lookalike():
     cal = Calibration("test", {"cosine": 4.0, "margin": 10.0, "log_inliers": 1.5}, -6.0, 0.8, 0.5, 0.6)
     judged = judge(cands, gather_evidence(query, cands, photos, cal, verify=2), cal, [(0, 0, 480, 360)])
     assert judged[0].candidate.artefact_id == 200 and judged[0].evidence.inliers >= 20
-    assert judged[0].verdict == "match" and judged[1].verdict == "no_match"
+    # Keypoints alone are not a match: the search also compares the aligned surfaces (test_surface.py).
+    assert judged[0].verdict == "possible" and judged[1].verdict == "no_match"
+    assert judged[0].evidence.coverage >= 0.5
     assert judged[0].box is not None and 0 <= judged[0].score <= 1
