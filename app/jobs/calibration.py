@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import random
 import re
 from collections import defaultdict
@@ -50,6 +49,8 @@ FIT_NEAREST = 3
 # Share of right first answers that must be at least `possible`.
 POSSIBLE_RECALL = 0.99
 CONFIDENCE = 0.95
+# The gain in held-out match recall that registry evidence must bring to be fitted at all.
+MIN_GAIN = 0.01
 # The search code whose results a cache of candidates keeps: the app package this process imported.
 APP_CODE = Path(app.__file__).resolve().parent
 
@@ -230,7 +231,10 @@ def figures(ranked: list[dict]) -> dict:
     by_view = _by_view(ranked)
     registered = {k: v for k, v in by_view.items() if k[2] == "registered" and v and v[0].get("expected")}
     pairs = sum(len(v[0]["expected"]) for v in registered.values())
-    first = sum(1 for v in registered.values() for c in v if c["label"] and c["rank"] == 1)
+    # Filtered rank, as ``evaluate`` counts it: in a photo of several registered objects, the other
+    # objects of the photo ranked above one do not push it down.
+    first = sum(1 for v in registered.values() for c in v
+                if c["label"] and all(o["label"] for o in v if o["rank"] < c["rank"]))
     matched = sum(1 for v in registered.values() for c in v if c["label"] and c["verdict"] == "match")
     wrong_top_match = sum(1 for v in registered.values() for c in v
                           if c["rank"] == 1 and not c["label"] and c["verdict"] == "match")
@@ -294,17 +298,18 @@ def cross_validate(rows: list[dict], model: str, features: tuple[str, ...] = PAI
             "figures": figures_by_pack(held_out), "objects": len(fold)}
 
 
-def compare_feature_sets(rows: list[dict], model: str, folds: int = FOLDS, seed: int = 2026) -> dict:
-    """Held-out figures with pair evidence only and with the registry's margins added."""
-    return {name: cross_validate(rows, model, features, folds, seed)["figures"]["all"]
-            for name, features in (("pair", PAIR_FEATURES), ("pair+registry", PAIR_FEATURES + REGISTRY_FEATURES))}
+def registry_evidence_earns_its_place(with_registry: dict, pair_only: dict) -> bool:
+    """Do the registry's margins improve the held-out figures (all packs together) enough to be used?
 
-
-def safer(a: dict, b: dict) -> bool:
-    """Is held-out result ``a`` at least as safe as ``b`` and not worse at finding matches?"""
-    def key(f: dict) -> tuple:
-        return (f["false_match_rate_upper95"] or 0.0, f["wrong_first_answer_match"], -(f["match_recall"] or 0.0))
-    return key(a) <= key(b) or math.isclose(key(a)[0], key(b)[0]) and key(a)[1:] <= key(b)[1:]
+    They must be at least as safe (false-match upper bound, wrong first answers called `match`), rank
+    at least as well (recall@1), and find clearly more matches (match recall up by ``MIN_GAIN``);
+    otherwise the verdict rests on the pair of photos alone.
+    """
+    r, p = with_registry, pair_only
+    return ((r["false_match_rate_upper95"] or 0.0) <= (p["false_match_rate_upper95"] or 0.0)
+            and r["wrong_first_answer_match"] <= p["wrong_first_answer_match"]
+            and (r["recall@1"] or 0.0) >= (p["recall@1"] or 0.0)
+            and (r["match_recall"] or 0.0) >= (p["match_recall"] or 0.0) + MIN_GAIN)
 
 
 # --- a calibration from packs -----------------------------------------------------------------------
@@ -340,9 +345,8 @@ def fit_and_check(rows: list[dict], fingerprint: ModelFingerprint, packs: dict[s
     only where object-grouped cross-validation shows they are at least as safe and find more."""
     compared = {name: cross_validate(rows, fingerprint.name, features, folds, seed)
                 for name, features in (("pair", PAIR_FEATURES), ("pair+registry", PAIR_FEATURES + REGISTRY_FEATURES))}
-    chosen = "pair+registry" if safer(compared["pair+registry"]["figures"]["all"],
-                                      compared["pair"]["figures"]["all"]) and not safer(
-        compared["pair"]["figures"]["all"], compared["pair+registry"]["figures"]["all"]) else "pair"
+    chosen = "pair+registry" if registry_evidence_earns_its_place(
+        compared["pair+registry"]["figures"]["all"], compared["pair"]["figures"]["all"]) else "pair"
     features = tuple(compared[chosen]["features"])
     all_views = views(rows)
     cal = calibrate(all_views, fingerprint.name, features)
@@ -359,6 +363,7 @@ def fit_and_check(rows: list[dict], fingerprint: ModelFingerprint, packs: dict[s
                       f"unregistered object; false-match rates with Clopper-Pearson {CONFIDENCE:.0%} upper bounds",
         "figures_held_out": compared[chosen]["figures"],
         "feature_sets_held_out": {name: c["figures"]["all"] for name, c in compared.items()},
+        "feature_set_chosen": chosen,
         "figures_on_fitting_data": figures_by_pack(rescore(all_views, cal)),
     }
     return replace(cal, source=source)

@@ -16,6 +16,7 @@ from app.jobs.calibration import (
     folds_of,
     group_of,
     nearest,
+    registry_evidence_earns_its_place,
     rescore,
     views,
 )
@@ -148,3 +149,13 @@ def test_the_fit_sees_each_views_nearest_candidates_by_cosine():
             for r, c in enumerate([0.5, 0.9, 0.1, 0.7], start=1)]
     kept = nearest(rows, 2)
     assert sorted((r["query"], r["cosine"]) for r in kept) == [("a", 0.7), ("a", 0.9), ("b", 0.7), ("b", 0.9)]
+
+
+def test_registry_evidence_is_used_only_where_held_out_figures_justify_it():
+    pair = {"false_match_rate_upper95": 0.01, "wrong_first_answer_match": 0, "recall@1": 0.95, "match_recall": 0.80}
+    assert not registry_evidence_earns_its_place(dict(pair), pair)  # no gain: pair evidence alone
+    assert not registry_evidence_earns_its_place({**pair, "match_recall": 0.805}, pair)  # a gain within noise
+    assert registry_evidence_earns_its_place({**pair, "match_recall": 0.85}, pair)
+    assert not registry_evidence_earns_its_place({**pair, "match_recall": 0.9, "recall@1": 0.94}, pair)
+    assert not registry_evidence_earns_its_place({**pair, "match_recall": 0.9, "false_match_rate_upper95": 0.02}, pair)
+    assert not registry_evidence_earns_its_place({**pair, "match_recall": 0.9, "wrong_first_answer_match": 1}, pair)
