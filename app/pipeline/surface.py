@@ -28,15 +28,24 @@ GRID = 10  # cells per side over the object's extent
 BLUR_SIGMA = 1.2  # in SURFACE_SIDE pixels
 MIN_VALID = 0.6  # share of a cell that must be seen in the query and lie on the object
 # A cell agrees when the structural similarity of the two normalised patches reaches this. Measured
-# (docs/BENCHMARKS.md): with 0.35, the share of disagreeing cells is at most 0.063 between a demo
-# coin and its listing copies (crop, rotation, perspective, colour, blur, JPEG q30, watermark...),
-# at least 0.19 between a coin and its generated twins, and under 0.15 for 95% of museum photos of
-# the same painting (glare on the glass and the frame's depth account for most of the rest).
+# (docs/BENCHMARKS.md, with the colour check below): the surface agreement of a registry photo and
+# its listing copies (crop, rotation, perspective, colour, blur, JPEG q30, watermark...) is at least
+# 0.937 on the demo coins and 0.89 on coil100 objects; of a photo and its generated twins at most
+# 0.811 and 0.841; of museum photos of the same painting under 0.85 for 3 of 52 (glare on the glass,
+# the frame's depth).
 CELL_AGREES = 0.35
 # A patch whose spread is under this (in units of the object's own spread) is plain; two plain
 # patches are not compared. C2 keeps the ratio stable for nearly plain ones.
 FLAT = 0.12
 C2 = 0.01
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+# Colour, in CIELAB a*b* units: a cell is coloured from MIN_CHROMA, and its colour differs beyond
+# COLOUR_DIFFERS (a green against an orange is about 100; white balance left after the per-channel
+# correction, 5 to 10). Colour differences count only in at most LOCAL_COLOUR_SHARE of the object's
+# coloured cells: beyond that, the photo was recoloured as a whole.
+MIN_CHROMA = 12.0
+COLOUR_DIFFERS = 30.0
+LOCAL_COLOUR_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,15 +76,15 @@ def reference_frame(ref_size: tuple[int, int]) -> tuple[float, tuple[int, int]]:
 
 
 class QueryPyramid:
-    """The query photo in grey at halving sizes, made once per search: each comparison warps from
-    the level nearest its scale, so a 12 MP query is never resampled whole for a 128-pixel cell grid."""
+    """The query photo (RGB) at halving sizes, made once per search: each comparison warps from the
+    level nearest its scale, so a 12 MP query is never resampled whole for a 128-pixel cell grid."""
 
     def __init__(self, image: Image.Image, size: tuple[int, int] | None = None):
         # ``size``: the frame of the query's keypoints, when the image is not at that size.
         self.frame = size or image.size
-        level: np.ndarray = np.asarray(image.convert("L"), dtype=np.uint8)
+        level: np.ndarray = np.asarray(image.convert("RGB"), dtype=np.uint8)
         self.levels = [(image.width / max(self.frame[0], 1), level)]
-        while min(level.shape) > 64:
+        while min(level.shape[:2]) > 64:
             level = cv2.pyrDown(level)
             self.levels.append((level.shape[1] / max(self.frame[0], 1), level))
 
@@ -96,7 +105,7 @@ def _warp(pyramid: QueryPyramid, homography: np.ndarray, ref_size: tuple[int, in
     m = np.diag([scale, scale, 1.0]) @ homography @ np.diag([1.0 / r, 1.0 / r, 1.0])
     warped = cv2.warpPerspective(level, m, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    ones = np.full(level.shape, 255, np.uint8)
+    ones = np.full(level.shape[:2], 255, np.uint8)
     seen = cv2.warpPerspective(ones, m, (tw, th), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return warped, cv2.erode(seen, np.ones((3, 3), np.uint8)) > 0, (tw, th), m
@@ -145,8 +154,11 @@ def compare_surface(query: Image.Image | QueryPyramid, reference: Image.Image, h
     """
     pyramid = query if isinstance(query, QueryPyramid) else QueryPyramid(query, query_size)
     warped, seen, size, _ = _warp(pyramid, homography, ref_size)
-    ref = _grey(reference, size)
-    qry = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), BLUR_SIGMA)
+    ref_rgb = cv2.GaussianBlur(np.asarray(reference.convert("RGB").resize(size, Image.Resampling.BILINEAR),
+                                          dtype=np.float32), (0, 0), BLUR_SIGMA)
+    qry_rgb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), BLUR_SIGMA)
+    ref = ref_rgb @ GREY_WEIGHTS
+    qry = qry_rgb @ GREY_WEIGHTS
     on_object = object_mask(ref_points, ref_size)
     valid = seen & on_object
     if valid.sum() < 64:
@@ -156,14 +168,15 @@ def compare_surface(query: Image.Image | QueryPyramid, reference: Image.Image, h
     v = valid.astype(np.float64)
     rn = np.where(valid, (ref - ref[valid].mean()) / (ref[valid].std() + 1.0), 0.0)
     qn = np.where(valid, (qry - qry[valid].mean()) / (qry[valid].std() + 1.0), 0.0)
-    # Per-cell sums from integral images: five lookups per cell instead of a pass over its pixels.
-    sums = [cv2.integral(x.astype(np.float64)) for x in (v, rn, qn, rn * rn, qn * qn, rn * qn)]
+    ra, rb, qa, qb = _chroma(ref_rgb, qry_rgb, valid)
+    # Per-cell sums from integral images: a few lookups per cell instead of a pass over its pixels.
+    sums = [cv2.integral(x.astype(np.float64)) for x in (v, rn, qn, rn * rn, qn * qn, rn * qn, ra, rb, qa, qb)]
     ys, xs = np.nonzero(on_object)
     xe = np.linspace(xs.min(), xs.max() + 1, GRID + 1).round().astype(int)
     ye = np.linspace(ys.min(), ys.max() + 1, GRID + 1).round().astype(int)
     y0, y1 = ye[:-1, None], ye[1:, None]
     x0, x1 = xe[None, :-1], xe[None, 1:]
-    n, sa, sb, saa, sbb, sab = (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] for s in sums)
+    n, sa, sb, saa, sbb, sab, sra, srb, sqa, sqb = (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] for s in sums)
     area = np.maximum((y1 - y0) * (x1 - x0), 1)
     # A cell's similarity is SSIM's contrast and structure terms without its brightness term: glare
     # on a painting's glass, shade or exposure shift a patch's brightness and flatten its contrast a
@@ -174,12 +187,47 @@ def compare_surface(query: Image.Image | QueryPyramid, reference: Image.Image, h
         vb = np.maximum(sbb / n - mb * mb, 0)
         cov = sab / n - ma * mb
         sim = (2 * cov + C2) / (va + vb + C2)
-    # Not compared: cells mostly unseen or off the object, and cells plain in both photos.
-    sim = np.where((n / area >= MIN_VALID) & (np.maximum(va, vb) >= FLAT * FLAT), sim, np.nan)
+        ref_chroma = np.stack([sra / n, srb / n])
+        qry_chroma = np.stack([sqa / n, sqb / n])
+    seen_enough = n / area >= MIN_VALID
+    # Colour: another colourway of one design (a flavour's green band printed orange) has the same
+    # structure everywhere. A cell whose mean colour differs is evidence only while such cells are a
+    # minority of the object's coloured cells: a whole photo recoloured (a listing's filter) differs
+    # everywhere, and is left to the structure alone.
+    coloured = seen_enough & (np.maximum(np.hypot(*ref_chroma), np.hypot(*qry_chroma)) >= MIN_CHROMA)
+    other_colour = coloured & (np.hypot(*(ref_chroma - qry_chroma)) > COLOUR_DIFFERS)
+    if coloured.sum() and other_colour.sum() > LOCAL_COLOUR_SHARE * coloured.sum():
+        other_colour[:] = False
+    # Not compared: cells mostly unseen or off the object, and cells plain in both photos (unless
+    # their colours differ).
+    textured = np.maximum(va, vb) >= FLAT * FLAT
+    sim = np.where(other_colour, np.minimum(sim, -1.0), sim)
+    sim = np.where(seen_enough & (textured | other_colour), sim, np.nan)
     compared = sim[~np.isnan(sim)]
     if not len(compared):
         return NO_SURFACE
     return SurfaceResult(float(np.mean(compared >= CELL_AGREES)), int(len(compared)), float(compared.min()), sim)
+
+
+def _chroma(ref_rgb: np.ndarray, qry_rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The a* and b* (CIELAB) planes of both photos, the query's first brought to the reference's
+    white balance and exposure (per-channel gain and offset over the object), colourfulness and
+    overall hue."""
+    q = qry_rgb.copy()
+    for c in range(3):
+        r_c, q_c = ref_rgb[..., c][valid], qry_rgb[..., c][valid]
+        q[..., c] = (qry_rgb[..., c] - q_c.mean()) * (r_c.std() + 1.0) / (q_c.std() + 1.0) + r_c.mean()
+    ref_lab = cv2.cvtColor(np.clip(ref_rgb / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
+    qry_lab = cv2.cvtColor(np.clip(q / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
+    ref_ab = ref_lab[..., 1] + 1j * ref_lab[..., 2]
+    qry_ab = qry_lab[..., 1] + 1j * qry_lab[..., 2]
+    # A hue filter turns every colour by about one angle: turn the query's colours back by the
+    # angle that best aligns them with the reference's, weighted by how colourful each pixel is.
+    turn = np.angle(np.sum(ref_ab[valid] * np.conj(qry_ab[valid])))
+    gain = float(np.clip((np.median(np.abs(ref_ab[valid])) + 1.0) / (np.median(np.abs(qry_ab[valid])) + 1.0),
+                         0.5, 2.0))
+    qry_ab = qry_ab * gain * np.exp(1j * turn)
+    return tuple(np.where(valid, x, 0.0) for x in (ref_ab.real, ref_ab.imag, qry_ab.real, qry_ab.imag))
 
 
 def aligned_view(query: Image.Image, reference: Image.Image, homography: np.ndarray, query_size: tuple[int, int],

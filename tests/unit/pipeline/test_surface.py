@@ -58,3 +58,24 @@ def test_a_cropped_query_is_measured_against_what_it_shows():
     assert g.coverage >= 0.6, g.coverage
     assert s.agreement >= MIN_SURFACE
     assert np.isnan(s.similarity).any()  # cells outside the crop are not compared
+
+
+def _hue_rotated(img: Image.Image, shift: int, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """The photo with its hues turned by ``shift`` (of 256), in ``box`` only or everywhere."""
+    hsv = np.asarray(img.convert("HSV")).copy()
+    region = (slice(box[1], box[3]), slice(box[0], box[2])) if box else (slice(None), slice(None))
+    hsv[region + (0,)] = (hsv[region + (0,)].astype(int) + shift) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def test_another_colourway_of_the_same_design_differs_but_a_recoloured_photo_does_not():
+    ref = textured(17)
+    # A flavour's band printed in another colour: the same structure, one region's colours changed.
+    colourway = reopen(_hue_rotated(ref, 100, box=(0, 0, 480, 130)))
+    _, s = surface_of(colourway, ref)
+    assert s.agreement < MIN_SURFACE, s.agreement
+    # The whole listing photo recoloured by a filter (hues turned by about 20 degrees): a photo
+    # condition, not another object. (A filter that turns every hue much further, and the luminance
+    # pattern with it, leaves the pair at `possible`.)
+    _, s = surface_of(reopen(_hue_rotated(ref, 15)), ref)
+    assert s.agreement >= MIN_SURFACE, s.agreement
