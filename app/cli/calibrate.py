@@ -8,7 +8,7 @@ goes to ``<HM_DATA_DIR>/calibrations/<model>.json``, which then takes precedence
 calibration for that exact model.
 
 It only reads the registry and writes that one file atomically, so it may run while ``serve`` does;
-a running server uses the new calibration once restarted.
+a running server takes the new calibration up within seconds (``PhotoSearch.calibration``).
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def calibrate(
         return
     out = data_calibration_path(settings.data_dir, encoder.fingerprint.name)
     atomic_write(out, text.encode())
-    console.print(f"written: {out}\nIt is used for {encoder.fingerprint.id} from the next start: restart a "
-                  "running `heritage-match serve` to use it.")
+    console.print(f"written: {out}\nIt is used for {encoder.fingerprint.id}; a running `heritage-match serve` "
+                  "takes it up within seconds.")
 
 
 def _collect(pack: Path, settings, encoder, pack_rows) -> list[dict]:

@@ -20,7 +20,7 @@ from PIL import Image
 from app.core.config import Settings
 from app.core.errors import AppError, IndexModelMismatch
 from app.embedding import ImageEncoder
-from app.pipeline.calibrate import Calibration, Evidence, load_calibration
+from app.pipeline.calibrate import Calibration, Evidence, data_calibration_path, load_calibration
 from app.pipeline.decode import DecodedImage, decode_image, working_side
 from app.pipeline.features import GeometryResult, LocalFeatures, extract_features
 from app.pipeline.match import (
@@ -52,6 +52,8 @@ VERIFIED_CANDIDATES = 32
 # Exact re-use: perceptual hashes this close (of 64 bits) and colours this alike are the same picture.
 REUSE_MAX_BITS = 6
 REUSE_MIN_COLOUR = 0.85
+# How often a search looks for a calibration newly written into the data directory (one stat call).
+CALIBRATION_RECHECK_S = 5.0
 
 
 class PhotoSearch:
@@ -64,6 +66,8 @@ class PhotoSearch:
         self.encoder = encoder
         self.index = index
         self._calibration: Calibration | None = None
+        self._calibration_stamp: tuple[int, int] | None = None
+        self._calibration_checked = 0.0
         self._hashes: tuple[tuple, np.ndarray, np.ndarray] | None = None
 
     @property
@@ -72,12 +76,28 @@ class PhotoSearch:
 
     @property
     def calibration(self) -> Calibration:
+        """The calibration in force; one that ``heritage-match calibrate`` writes into the data
+        directory is taken up within ``CALIBRATION_RECHECK_S`` seconds, without a restart."""
+        now = time.monotonic()
+        if self._calibration is not None and now - self._calibration_checked >= CALIBRATION_RECHECK_S:
+            self._calibration_checked = now
+            if self._data_calibration_stamp() != self._calibration_stamp:
+                self._calibration = None
         if self._calibration is None:
             fp = self.encoder.fingerprint
+            self._calibration_stamp = self._data_calibration_stamp()
+            self._calibration_checked = now
             cal = load_calibration(fp, self.encoder.match_threshold, self.encoder.possible_threshold,
                                    self.settings.data_dir)
             self._calibration = cal.with_thresholds(self.settings.match_threshold, self.settings.possible_threshold)
         return self._calibration
+
+    def _data_calibration_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = data_calibration_path(self.settings.data_dir, self.encoder.fingerprint.name).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     def model_info(self) -> ModelInfo:
         fp = self.encoder.fingerprint

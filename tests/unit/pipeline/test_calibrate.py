@@ -183,3 +183,25 @@ def test_health_shows_the_calibration_in_force(tmp_path, shipped_dir):
     status = calibration_status(load_calibration(FakeFingerprint("m", "m@aaaa"), 0.85, 0.75, tmp_path / "data"))
     assert (status.origin, status.fitted, status.path) == ("shipped", "2026-01-01T00:00:00Z", "m.json")
     assert status.held_out is not None and status.held_out["all"]["false_match_rate_upper95"] == 0.0445
+
+
+def test_a_running_search_takes_up_a_new_registry_calibration(tmp_path, shipped_dir, monkeypatch):
+    """``heritage-match calibrate`` writes while ``serve`` runs: the next searches use the new fit."""
+    import app.pipeline.search as search
+    from app.core.config import Settings
+    from app.pipeline.calibrate import data_calibration_path
+
+    class StubEncoder:
+        fingerprint = FakeFingerprint("m", "m@aaaa")
+        match_threshold, possible_threshold = 0.85, 0.75
+
+    _write(shipped_dir / "m.json", "m@aaaa", "2026-01-01T00:00:00Z")
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models")
+    searcher = search.PhotoSearch(settings, store=None, encoder=StubEncoder(), index=lambda: None)  # type: ignore[arg-type]
+    assert searcher.calibration.origin == "shipped"
+    monkeypatch.setattr(search, "CALIBRATION_RECHECK_S", 0.0)
+    path = data_calibration_path(settings.data_dir, "m")
+    _write(path, "m@aaaa", "2026-12-07T12:00:00Z")
+    assert searcher.calibration.describe() == "data-dir, fitted 2026-12-07T12:00:00Z"
+    path.unlink()  # deleted: back to the shipped one
+    assert searcher.calibration.origin == "shipped"
