@@ -37,7 +37,7 @@ from app.pipeline.regions import Box, crop, full_frame, propose_regions
 from app.pipeline.retrieve import VectorIndex
 from app.pipeline.signature import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
 from app.pipeline.surface import SURFACE_SIDE, QueryPyramid, compare_surface
-from app.pipeline.verdict import MIN_INLIERS, MIN_SURFACE, MIN_SURFACE_CELLS, evidence_line
+from app.pipeline.verdict import MIN_INLIERS, evidence_line, surface_agrees
 from app.registry.models import ArtefactStatus, Photo
 from app.registry.store import RegistryStore
 from app.schemas import MatchEvidence, ModelInfo, QueryInfo, Region, SearchResponse, SearchResult, photo_url
@@ -278,7 +278,7 @@ class PhotoSearch:
             rw, rh = ev.features.size
             scale = np.diag([image.width / max(rw, 1), image.height / max(rh, 1), 1.0])
             surface = compare_surface(image, reference, scale, image.size, ev.features.size, ev.features.points)
-            if surface.cells < MIN_SURFACE_CELLS or surface.agreement < MIN_SURFACE:
+            if not surface_agrees(surface.agreement, surface.cells):
                 continue  # same layout, other content somewhere: searched like any photo
             cand = Candidate(owner[pid], pid, 1.0, 0, (pid,))
             found[owner[pid]] = Judged(cand, Evidence(1.0, 1.0, colour, 0, surface=surface.agreement,

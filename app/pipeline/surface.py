@@ -52,7 +52,6 @@ LOCAL_COLOUR_SHARE = 0.5
 class SurfaceResult:
     agreement: float  # share of the compared cells that agree (0 when none could be compared)
     cells: int  # cells compared: on the object and visible in the query
-    worst: float  # the lowest cell similarity
     similarity: np.ndarray  # (GRID, GRID) cell similarities, NaN where not compared
 
     @property
@@ -60,7 +59,7 @@ class SurfaceResult:
         return int(np.sum(self.similarity[~np.isnan(self.similarity)] < CELL_AGREES))
 
 
-NO_SURFACE = SurfaceResult(0.0, 0, 0.0, np.full((GRID, GRID), np.nan))
+NO_SURFACE = SurfaceResult(0.0, 0, np.full((GRID, GRID), np.nan))
 
 
 def _grey(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -97,7 +96,10 @@ class QueryPyramid:
 
 
 def _warp(pyramid: QueryPyramid, homography: np.ndarray, ref_size: tuple[int, int]
-          ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray]:
+          ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The query warped into the reference's comparison frame (RGB uint8), the mask of pixels it
+    covers, and the frame's size. ``homography`` maps reference keypoint coordinates (frame
+    ``ref_size``) to query keypoint coordinates (the pyramid's frame)."""
     r, (tw, th) = reference_frame(ref_size)
     local_scale = float(np.sqrt(max(abs(np.linalg.det(homography[:2, :2])), 1e-12)))  # query per reference px
     # Enough query pixels per comparison pixel (1.5) that the inverse map does not alias.
@@ -108,26 +110,7 @@ def _warp(pyramid: QueryPyramid, homography: np.ndarray, ref_size: tuple[int, in
     ones = np.full(level.shape[:2], 255, np.uint8)
     seen = cv2.warpPerspective(ones, m, (tw, th), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return warped, cv2.erode(seen, np.ones((3, 3), np.uint8)) > 0, (tw, th), m
-
-
-def align_query(query: Image.Image, homography: np.ndarray, query_size: tuple[int, int],
-                ref_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The query warped into the reference's comparison frame (RGB uint8) and the mask of pixels it covers.
-
-    ``homography`` maps reference keypoint coordinates (frame ``ref_size``) to query keypoint
-    coordinates (frame ``query_size``); ``query`` may be at another size than ``query_size``.
-    """
-    r, (tw, th) = reference_frame(ref_size)
-    qs = query.width / max(query_size[0], 1)
-    m = np.diag([qs, qs, 1.0]) @ homography @ np.diag([1.0 / r, 1.0 / r, 1.0])
-    src = np.asarray(query.convert("RGB"))
-    warped = cv2.warpPerspective(src, m, (tw, th), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    ones = np.full(src.shape[:2], 255, np.uint8)
-    seen = cv2.warpPerspective(ones, m, (tw, th), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return warped, seen > 0, (tw, th)
+    return warped, cv2.erode(seen, np.ones((3, 3), np.uint8)) > 0, (tw, th)
 
 
 def object_mask(points: np.ndarray, ref_size: tuple[int, int]) -> np.ndarray:
@@ -153,7 +136,7 @@ def compare_surface(query: Image.Image | QueryPyramid, reference: Image.Image, h
     ``reference`` may be at any size (it is brought to the comparison frame of ``ref_size``).
     """
     pyramid = query if isinstance(query, QueryPyramid) else QueryPyramid(query, query_size)
-    warped, seen, size, _ = _warp(pyramid, homography, ref_size)
+    warped, seen, size = _warp(pyramid, homography, ref_size)
     ref_rgb = cv2.GaussianBlur(np.asarray(reference.convert("RGB").resize(size, Image.Resampling.BILINEAR),
                                           dtype=np.float32), (0, 0), BLUR_SIGMA)
     qry_rgb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), BLUR_SIGMA)
@@ -171,9 +154,7 @@ def compare_surface(query: Image.Image | QueryPyramid, reference: Image.Image, h
     ra, rb, qa, qb = _chroma(ref_rgb, qry_rgb, valid)
     # Per-cell sums from integral images: a few lookups per cell instead of a pass over its pixels.
     sums = [cv2.integral(x.astype(np.float64)) for x in (v, rn, qn, rn * rn, qn * qn, rn * qn, ra, rb, qa, qb)]
-    ys, xs = np.nonzero(on_object)
-    xe = np.linspace(xs.min(), xs.max() + 1, GRID + 1).round().astype(int)
-    ye = np.linspace(ys.min(), ys.max() + 1, GRID + 1).round().astype(int)
+    xe, ye = _cell_edges(on_object)
     y0, y1 = ye[:-1, None], ye[1:, None]
     x0, x1 = xe[None, :-1], xe[None, 1:]
     n, sa, sb, saa, sbb, sab, sra, srb, sqa, sqb = (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] for s in sums)
@@ -206,7 +187,14 @@ def compare_surface(query: Image.Image | QueryPyramid, reference: Image.Image, h
     compared = sim[~np.isnan(sim)]
     if not len(compared):
         return NO_SURFACE
-    return SurfaceResult(float(np.mean(compared >= CELL_AGREES)), int(len(compared)), float(compared.min()), sim)
+    return SurfaceResult(float(np.mean(compared >= CELL_AGREES)), int(len(compared)), sim)
+
+
+def _cell_edges(on_object: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column and row edges of the GRID x GRID cells over the object's bounding box."""
+    ys, xs = np.nonzero(on_object)
+    return (np.linspace(xs.min(), xs.max() + 1, GRID + 1).round().astype(int),
+            np.linspace(ys.min(), ys.max() + 1, GRID + 1).round().astype(int))
 
 
 def _chroma(ref_rgb: np.ndarray, qry_rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -236,24 +224,20 @@ def aligned_view(query: Image.Image, reference: Image.Image, homography: np.ndar
     officer or an analyst looks at to see why a pair was or was not called the same object."""
     from PIL import ImageDraw
 
-    result = compare_surface(query, reference, homography, query_size, ref_size, ref_points)
-    warped, seen, size = align_query(query, homography, query_size, ref_size)
+    pyramid = QueryPyramid(query, query_size)
+    result = compare_surface(pyramid, reference, homography, query_size, ref_size, ref_points)
+    warped, seen, size = _warp(pyramid, homography, ref_size)
     ref = np.asarray(reference.convert("RGB").resize(size, Image.Resampling.BILINEAR))
     panel = Image.new("RGB", (size[0] * 2 + 4, size[1]), (255, 255, 255))
     panel.paste(Image.fromarray(ref), (0, 0))
     panel.paste(Image.fromarray(np.where(seen[..., None], warped, 40).astype(np.uint8)), (size[0] + 4, 0))
     draw = ImageDraw.Draw(panel)
     on_object = object_mask(ref_points, ref_size)
-    ys, xs = np.nonzero(on_object)
-    if len(xs):
-        xe = np.linspace(xs.min(), xs.max() + 1, GRID + 1).round().astype(int)
-        ye = np.linspace(ys.min(), ys.max() + 1, GRID + 1).round().astype(int)
-        for i in range(GRID):
-            for j in range(GRID):
-                s = result.similarity[i, j]
-                if not np.isnan(s) and s < CELL_AGREES:
-                    for dx in (0, size[0] + 4):
-                        draw.rectangle((xe[j] + dx, ye[i], xe[j + 1] - 1 + dx, ye[i + 1] - 1), outline=(230, 0, 0))
+    if on_object.any():
+        xe, ye = _cell_edges(on_object)
+        for i, j in zip(*np.nonzero(result.similarity < CELL_AGREES)):  # NaN (not compared) is never below
+            for dx in (0, size[0] + 4):
+                draw.rectangle((xe[j] + dx, ye[i], xe[j + 1] - 1 + dx, ye[i + 1] - 1), outline=(230, 0, 0))
     scale = side / max(size)
     return panel.resize((max(1, round(panel.width * scale)), max(1, round(panel.height * scale))),
                         Image.Resampling.NEAREST)

@@ -32,6 +32,11 @@ MIN_SURFACE = 0.85
 MIN_SURFACE_CELLS = 6  # fewer compared cells say too little about the surface
 
 
+def surface_agrees(agreement: float, cells: int) -> bool:
+    """Enough of the object's surface compared, and agreeing."""
+    return cells >= MIN_SURFACE_CELLS and agreement >= MIN_SURFACE
+
+
 def same_object_shortfall(ev: Evidence) -> str | None:
     """Why the evidence does not show one surface, or None when it does."""
     if ev.inliers < MIN_INLIERS:
