@@ -17,6 +17,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.errors import AppError
+from app.core.files import private_data_dir
 from app.embedding import ImageEncoder, create_encoder
 from app.pipeline.calibrate import Calibration
 from app.pipeline.decode import DecodedImage
@@ -42,7 +43,7 @@ class PhotoInput:
 class MatchingService:
     def __init__(self, settings: Settings, encoder: ImageEncoder | None = None):
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_data_dir(settings.data_dir)
         self.store = RegistryStore(settings.db_url, settings.data_dir / "photos")
         self.encoder = encoder or create_encoder(settings)
         self.device = self.encoder.device

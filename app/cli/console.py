@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from app.core.config import get_settings
+from app.core.files import private_data_dir
 
 if TYPE_CHECKING:
     from app.registry.store import RegistryStore
@@ -50,7 +51,7 @@ def open_registry() -> RegistryStore:
     from app.registry.store import RegistryStore
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)
     return RegistryStore(settings.db_url, settings.data_dir / "photos")
 
 

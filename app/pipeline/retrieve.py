@@ -27,7 +27,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from app.core.files import atomic_write, file_lock
+from app.core.files import atomic_write, file_lock, private_dir
 
 # FAISS switches from its own kernels to BLAS at this many queries; the default (20) makes batched
 # flat search 7-10x slower on small CPUs.
@@ -224,7 +224,7 @@ class SharedIndex:
     def __init__(self, directory: Path, ann_min_vectors: int | None = None):
         self.directory = Path(directory)
         self.ann_min_vectors = ANN_MIN_VECTORS if ann_min_vectors is None else ann_min_vectors
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         self.current: VectorIndex | None = None
         self._stamp: tuple | None = None
         self._lock = threading.Lock()

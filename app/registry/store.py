@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.core.db import create_tables
 from app.core.errors import Conflict, NotFound
-from app.core.files import file_lock
+from app.core.files import FILE_MODE, file_lock, private_dir, private_sqlite
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security.audit import record_event
@@ -66,6 +66,7 @@ class ArtefactFilter:
 class RegistryStore:
     def __init__(self, db_url: str, photo_root: Path):
         connect_args = {"check_same_thread": False, "timeout": 30} if db_url.startswith("sqlite") else {}
+        private_sqlite(db_url)  # before SQLite creates the file: its -wal and -shm take the file's mode
         self.engine = create_engine(db_url, connect_args=connect_args)
         if db_url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -79,7 +80,7 @@ class RegistryStore:
     def photo_writes(self, exclusive: bool = False):
         """Held shared from writing photo files until their rows commit; held exclusive to delete
         files, so a file is never judged unreferenced while a writer is between file and commit."""
-        self.photos.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.photos.root)
         with file_lock(self._write_lock_path, shared=not exclusive):
             yield
 
@@ -261,7 +262,7 @@ class RegistryStore:
         if not self.photos.root.exists():
             return 0
         deadline = time.monotonic() + wait_s
-        fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             while True:
                 try:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
 )
 
+from app.core.files import private_dir, private_file
 from app.schemas import SearchResponse
 
 FILE_NAME = "web-searches.db"
@@ -83,7 +84,8 @@ class SearchKeeper:
     def __init__(self, data_dir: Path, capacity: int):
         self.capacity = capacity
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
+        private_file(data_dir / FILE_NAME)  # query photos of officers: this user only, -wal and -shm alike
         self.engine = create_engine(f"sqlite:///{data_dir / FILE_NAME}",
                                     connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(self.engine, "connect", _pragmas)
