@@ -54,6 +54,50 @@ def png_bomb() -> bytes:
     return png_claiming(width, height, idat)
 
 
+def png_of(width: int, height: int, *, colour: tuple[int, ...] = (0, 0, 0), level: int = 1) -> bytes:
+    """A complete PNG of ``width`` x ``height`` pixels of one colour (RGB, or 8-bit grey when ``colour``
+    has one value), made row by row: 88 MP in 1.1 MB without ever holding the pixels."""
+    grey = len(colour) == 1
+    row = b"\0" + bytes(colour) * width
+    z = zlib.compressobj(level)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0 if grey else 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def png_bilevel(width: int, height: int) -> bytes:
+    """A complete one-bit PNG, all black: 100 MP in 12 kB, decoded as one byte a pixel."""
+    row = b"\0" * (1 + (width + 7) // 8)
+    z = zlib.compressobj(9)
+    return png_claiming(width, height, b"".join(z.compress(row) for _ in range(height)) + z.flush())
+
+
+def tiff_with_pages(first: Image.Image, pages: int) -> bytes:
+    """A TIFF whose first page is ``first`` followed by ``pages`` more pages of one grey pixel each
+    (114 bytes a page: 40,000 in 4.6 MB). Counting the pages of such a file is quadratic in Pillow."""
+    buf = io.BytesIO()
+    first.save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"II*\0"  # little-endian, as Pillow writes it
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    next_at = ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0]
+    pixel = len(data)
+    data += b"\x80\0"  # the one pixel every added page points to (padded to an even offset)
+    start, size = len(data), 2 + 9 * 12 + 4
+    struct.pack_into("<I", data, next_at, start if pages else 0)
+    page = bytearray()
+    for i in range(pages):
+        # width, height, bits per sample, no compression, min-is-black, strip offset, samples per pixel,
+        # rows per strip, strip byte count: sorted by tag, every value inline.
+        entries = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, pixel), (277, 3, 1),
+                   (278, 3, 1), (279, 4, 1)]
+        page += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            page += struct.pack("<HHII", tag, kind, 1, value)
+        page += struct.pack("<I", start + (i + 1) * size if i + 1 < pages else 0)
+    return bytes(data + page)
+
+
 def jpeg_claiming(width: int, height: int, base: bytes) -> bytes:
     """A real JPEG with its frame header rewritten to claim other dimensions."""
     i = base.index(b"\xff\xc0")
@@ -151,6 +195,13 @@ def corpus(reference: Image.Image) -> list[Hostile]:
         Hostile("jpeg with garbage exif", _garbage_exif(reference), 200, finds=True),
         Hostile("heic", _heic(reference), 200, finds=True, filename="IMG_0001.HEIC", content_type="image/heic"),
         Hostile("multi-page tiff", _multipage_tiff(reference), 200, finds=True, filename="scan.tif"),
+        # Counting its pages took 10 s (quadratic in Pillow); only the first page is ever read.
+        Hostile("tiff of 40,000 one-pixel pages", tiff_with_pages(reference, 40_000), 200, finds=True,
+                filename="pages.tif", content_type="image/tiff"),
+        # 88 MP in 1.1 MB: under the 120 MP limit, so decoded (reduced in strips, its memory given back).
+        Hostile("88 MP png", png_of(11_000, 8_000), 200, filename="big.png", content_type="image/png"),
+        Hostile("png of 130 MP, over the pixel limit", png_bilevel(13_000, 10_000), 413, "image_too_large",
+                filename="big.png", content_type="image/png"),
         Hostile("webp", _encode(reference, "WEBP", quality=92), 200, finds=True),
         Hostile("bmp", _encode(reference, "BMP"), 200, finds=True),
         Hostile("polyglot: jpeg with html and zip appended", jpeg + b"<html><script>alert(1)</script>" + _zip(),

@@ -45,7 +45,32 @@ class Settings(BaseSettings):
         "the web); each photo in it is still at most max_upload_mb."
     )
     max_image_pixels: int = Field(
-        default=120_000_000, description="Larger images are refused as decompression bombs."
+        default=120_000_000, ge=1, description="Larger images are refused as decompression bombs (checked from the "
+        "header, before any pixel is decoded; this setting, not Pillow's own default, is the limit)."
+    )
+    large_decode_pixels: int = Field(
+        default=16_000_000, ge=1, description="Images of more pixels than this count as large decodes, of which at "
+        "most HM_LARGE_DECODES run at once in a process (a large decode holds several hundred MB while it runs)."
+    )
+    large_decodes: int = Field(default=2, ge=1, description="Large decodes that may run at once in a process.")
+    large_decode_wait_s: float = Field(
+        default=30, gt=0, description="How long a large decode waits for its turn before the upload is refused (503)."
+    )
+    scan_max_line_kb: int = Field(
+        default=256, ge=1, description="Longest line of a JSONL or CSV dump (KB); a longer line is reported in "
+        "errors.jsonl and skipped without being held in memory."
+    )
+    scan_max_images_per_listing: int = Field(
+        default=20, ge=1, description="Photos of one listing that a scan searches; the rest are reported in "
+        "errors.jsonl and neither read nor decoded."
+    )
+    fetch_deadline_s: float = Field(
+        default=30, gt=0, description="`scan --fetch`: the most seconds one photo's download may take in all "
+        "(connecting, redirects and every read), whatever the server's pace."
+    )
+    fetch_allow_private: bool = Field(
+        default=False, description="`scan --fetch` may fetch loopback, private, link-local and other non-public "
+        "addresses (off: every address a host name resolves to must be public, after each redirect too)."
     )
     top_k: int = Field(default=5, description="Default number of artefacts a search returns.")
     batch_size: int | None = Field(
@@ -111,6 +136,33 @@ class Settings(BaseSettings):
     web_searches_kept: int = Field(
         default=200, ge=1, description="Web searches (query photo and results, for the results page and case report) "
         "kept in the data directory's web-searches.db, shared by all server workers; the oldest go first."
+    )
+    archive: bool = Field(
+        default=True, description="Keep every listing photo that a scan (or a monitor's search naming its listing) "
+        "processes in the listings archive, so that objects reported later are checked against past listings."
+    )
+    archive_retention_days: float = Field(
+        default=1825, ge=0, description="Days an archived listing photo is kept after it was last seen (0: forever)."
+    )
+    archive_copy_px: int = Field(
+        default=800, ge=128, description="Longest side of the downsized copy of each archived listing photo (enough to "
+        "verify a candidate again and to show it to a person)."
+    )
+    archive_keep_full: bool = Field(default=False, description="Also keep each archived listing photo in full.")
+    archive_ann_min_vectors: int = Field(
+        default=50_000, ge=0, description="Archived photos from which the archive's index is compressed (IVF-PQ with "
+        "exact re-ranking) instead of exact flat search; 0 keeps it exact at any size."
+    )
+    retrohunt_candidates: int = Field(
+        default=20, ge=1, description="Archived listing photos verified for each new registry photo in a retro-hunt."
+    )
+    webhook_timeout_s: float = Field(default=10, gt=0, description="Seconds one webhook delivery may take in all.")
+    webhook_retry_hours: float = Field(
+        default=24, gt=0, description="Hours a failing webhook delivery is retried, with exponential back-off."
+    )
+    webhook_allow_private: bool = Field(
+        default=False, description="Webhook endpoints may be on loopback, private or link-local addresses, and over "
+        "plain http (tests, a receiver on the same host). Off: https to public addresses only."
     )
 
     @property

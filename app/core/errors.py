@@ -7,6 +7,7 @@ class AppError(Exception):
     status_code = 400
     code = "bad_request"
     label: str  # only where MatchingService.prepare_photos names the file the error is about
+    headers: dict[str, str] | None = None  # HTTP headers the answer carries (Retry-After)
 
 
     def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
@@ -73,6 +74,17 @@ class Forbidden(AppError):
 
     status_code = 403
     code = "forbidden"
+
+
+class ServerBusy(AppError):
+    """Too much costly work of one kind at once (large image decodes): the client may retry later."""
+
+    status_code = 503
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class RateLimited(AppError):

@@ -3,21 +3,27 @@
 Phone photos are 12 MP and more while the models look at a few hundred pixels, so JPEGs are
 decoded with ``Image.draft`` at a reduced scale (DCT scaling: about 22 ms instead of 150 ms or more
 for a 12 MP photo on 2 cores) while staying at least ``min_side`` pixels on their short side.
+
+Every image the service reads (uploads, registry photos, scanned listings) is decoded here, within
+bounds (``decode_limits``): the first frame only (a multi-page TIFF or an animated GIF is never walked:
+counting 40,000 pages took 10 s), the pixel limit from the header before any pixel is decoded, at most
+``HM_LARGE_DECODES`` large decodes at once, each reduced to the size the caller needs strip by strip
+and its memory given back.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.core.errors import BadImage, ImageTooLarge
+from app.core.errors import BadImage, ImageTooLarge, ServerBusy
 from app.core.files import sha256_hex
+from app.pipeline.decode_limits import LARGE_DECODES, DecodeLimits, check_pixels, default_limits, release_memory
 
 if TYPE_CHECKING:
     from app.pipeline.signature import PhotoAnalysis
@@ -31,6 +37,9 @@ except ImportError:  # pragma: no cover - declared dependency, but the service s
 
 ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "TIFF", "HEIF", "AVIF", "BMP", "GIF"}
 ACCEPTED_HUMAN = "JPEG, PNG, WebP, TIFF, HEIC/HEIF, BMP or GIF"
+# A large picture is converted and reduced in strips of about this many pixels, so the only full-size
+# buffer is the decoded picture itself.
+STRIP_PIXELS = 2_000_000
 
 # A search decodes a JPEG once, to the smallest DCT scale that keeps the short side at least 1.5x the
 # model's input, and every step works on that picture: the model's input, the hash, the colour and
@@ -67,44 +76,49 @@ class DecodedImage:
 def decode_image(
     data: bytes,
     *,
-    max_pixels: int = 120_000_000,
+    max_pixels: int | None = None,
     min_side: int | None = DEFAULT_MIN_SIDE,
+    limits: DecodeLimits | None = None,
 ) -> DecodedImage:
-    """Open, check and decode image bytes. ``min_side=None`` decodes at full resolution."""
+    """Open, check and decode the first frame of image bytes; ``min_side=None`` decodes at full resolution.
+
+    ``limits`` defaults to the process's settings; ``max_pixels``, when given, replaces its pixel limit.
+    Raises ``BadImage`` (422), ``ImageTooLarge`` (413) or, when the large decodes already running kept
+    this one waiting too long, ``ServerBusy`` (503).
+    """
     if not data:
         raise BadImage("The file is empty.")
+    limits = limits or default_limits()
+    if max_pixels is not None:
+        limits = replace(limits, max_pixels=max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            fmt = (img.format or "").upper()
-            if fmt not in ACCEPTED_FORMATS:
-                raise BadImage(f"Unsupported image format {fmt or 'unknown'}; send {ACCEPTED_HUMAN}.")
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise BadImage("The image has no pixels.")
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"The image is {width}x{height} pixels, more than the limit of {max_pixels:,} pixels."
-                )
-            orientation = _exif_orientation(img)
-            if min_side and fmt in ("JPEG", "MPO"):
-                short = min(width, height)
-                if short > 2 * min_side:
-                    scale = min_side / short
-                    img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
-            img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated GIF / multi-page TIFF: the first frame is the photo
-            img = _to_rgb(img)
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
-            if orientation and orientation != 1:
-                img = _apply_orientation(img, orientation)
-            # Impulses would become keypoints and high-frequency energy in the embeddings: clean them
-            # before anything reads the picture.
-            img, denoised = remove_impulse_noise(img)
-    except (BadImage, ImageTooLarge):
+        img: Image.Image = Image.open(io.BytesIO(data))
+        fmt = (img.format or "").upper()
+        if fmt not in ACCEPTED_FORMATS:
+            raise BadImage(f"Unsupported image format {fmt or 'unknown'}; send {ACCEPTED_HUMAN}.")
+        # Opening read the header only, of the first frame only; nothing below asks for the number of
+        # frames or seeks, so Pillow never walks the pages of a TIFF or the frames of a GIF.
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise BadImage("The image has no pixels.")
+        check_pixels(width, height, limits.max_pixels)
+        if min_side and fmt in ("JPEG", "MPO"):
+            short = min(width, height)
+            if short > 2 * min_side:
+                scale = min_side / short
+                img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+        if img.width * img.height > limits.large_pixels:  # as decoded: after the DCT scaling
+            img, orientation = _decode_large(img, min_side, limits)
+        else:
+            img, orientation = _decode(img, min_side, reduce=False)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        if orientation and orientation != 1:
+            img = _apply_orientation(img, orientation)
+        # Impulses would become keypoints and high-frequency energy in the embeddings: clean them
+        # before anything reads the picture.
+        img, denoised = remove_impulse_noise(img)
+    except (BadImage, ImageTooLarge, ServerBusy):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"The image is too large to decode safely: {exc}") from exc
@@ -116,6 +130,47 @@ def decode_image(
         raise ImageTooLarge("The image needs too much memory to decode.") from exc
     return DecodedImage(image=img, sha256=sha256_hex(data), format=fmt, width=width, height=height,
                         denoised=denoised)
+
+
+def _decode_large(img: Image.Image, min_side: int | None, limits: DecodeLimits) -> tuple[Image.Image, int]:
+    """``_decode`` in one of the process's large-decode slots, reduced to ``min_side``; the full-size
+    pixels are freed and the heap trimmed before the slot is given back, even when decoding fails."""
+    with LARGE_DECODES.slot(limits.large_decodes, limits.wait_s):
+        try:
+            out, orientation = _decode(img, min_side, reduce=True)
+            if out is not img:
+                img.close()  # frees the full-size pixels now, whoever still holds the object
+            return out, orientation
+        except BaseException:
+            img.close()  # the error's traceback would otherwise hold the decoded pixels
+            raise
+        finally:
+            release_memory()
+
+
+def _decode(img: Image.Image, min_side: int | None, *, reduce: bool) -> tuple[Image.Image, int]:
+    """The first frame's pixels in RGB and the EXIF orientation still to apply; with ``reduce``, shrunk
+    by a whole factor that keeps the short side at least ``min_side``."""
+    img.load()
+    # After loading: reading a PNG's EXIF would load it (and a failed load was then read as black), and
+    # Pillow turns a TIFF upright while loading it (its size was upright from the header), dropping the tag.
+    orientation = _exif_orientation(img)
+    factor = min(img.size) // min_side if reduce and min_side else 1
+    if factor >= 2:
+        return _reduced_rgb(img, factor), orientation
+    return _to_rgb(img), orientation
+
+
+def _reduced_rgb(img: Image.Image, factor: int) -> Image.Image:
+    """``_to_rgb(img).reduce(factor)``, converted and reduced in strips of rows: no second full-size copy."""
+    width, height = img.size
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, STRIP_PIXELS // (width * factor))
+    peak = _peak(img)
+    for top in range(0, height, rows):
+        strip = _to_rgb(img.crop((0, top, width, min(height, top + rows))), peak).reduce(factor)
+        out.paste(strip, (0, top // factor))
+    return out
 
 
 def _exif_orientation(img: Image.Image) -> int:
@@ -142,15 +197,26 @@ def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
     return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode to RGB; transparency is flattened onto white, 16-bit is scaled down."""
+def _peak(img: Image.Image) -> float:
+    """The white of a 16-bit or 32-bit greyscale picture (65535, or 255 for an "I" one that stays below 256)."""
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    if img.mode == "I":
+        high = img.getextrema()[1]
+        return 65535.0 if isinstance(high, (int, float)) and high > 255 else 255.0
+    return 255.0
+
+
+def _to_rgb(img: Image.Image, peak: float | None = None) -> Image.Image:
+    """Convert any mode to RGB; transparency is flattened onto white, 16-bit is scaled down (``peak``:
+    the white, when ``img`` is a strip of a larger picture)."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: PIL's plain convert clips at 255, scale instead.
         arr = np.asarray(img, dtype=np.float32)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / peak * 255.0, 0, 255).astype("uint8")
+        white = peak or _peak(img)
+        arr = np.clip(arr / white * 255.0, 0, 255).astype("uint8")
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")

@@ -22,6 +22,7 @@ from app.core.errors import AppError, IndexModelMismatch
 from app.embedding import ImageEncoder
 from app.pipeline.calibrate import Calibration, Evidence, data_calibration_path, load_calibration
 from app.pipeline.decode import DecodedImage, decode_image, working_side
+from app.pipeline.decode_limits import DecodeLimits
 from app.pipeline.features import GeometryResult, LocalFeatures, extract_features
 from app.pipeline.match import (
     Candidate,
@@ -65,6 +66,7 @@ class PhotoSearch:
         self.store = store
         self.encoder = encoder
         self.index = index
+        self._decode_limits = DecodeLimits.from_settings(settings)
         self._calibration: Calibration | None = None
         self._calibration_stamp: tuple[int, int] | None = None
         self._calibration_checked = 0.0
@@ -106,7 +108,7 @@ class PhotoSearch:
 
     def decode(self, data: bytes) -> DecodedImage:
         """Decode for a search: JPEGs at reduced scale (``decode.working_side`` of the model input)."""
-        return decode_image(data, max_pixels=self.settings.max_image_pixels,
+        return decode_image(data, limits=self._decode_limits,
                             min_side=working_side(self.encoder.preprocessing.size))
 
     def check_index(self) -> VectorIndex:
@@ -218,7 +220,7 @@ class PhotoSearch:
         """A registry photo decoded small (JPEG DCT scaling) for the surface comparison."""
         try:
             data = self.store.photos.read(photo.sha256, photo.format)
-            return decode_image(data, max_pixels=self.settings.max_image_pixels, min_side=2 * SURFACE_SIDE).image
+            return decode_image(data, limits=self._decode_limits, min_side=2 * SURFACE_SIDE).image
         except (AppError, OSError) as exc:  # a missing photo file costs this check, not the search
             log.error("Photo %d cannot be read for the surface check: %s", photo.id, exc)
             return None

@@ -11,8 +11,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+import app.pipeline.decode as decode
 from app.core.config import Settings
 from app.main import create_app
+from app.pipeline.decode_limits import LARGE_DECODES, DecodeLimits
 from app.schemas import PhotoOut, SearchResponse
 from app.security.keys import KeyStore
 from app.service import MatchingService, PhotoInput
@@ -96,6 +98,31 @@ def test_photo_upload_answers_hostile_files(api, h):
     assert served.headers["content-type"].startswith("image/") and served.content == h.data
     assert served.headers["X-Content-Type-Options"] == "nosniff"
     assert "sandbox" in served.headers["Content-Security-Policy"]
+
+
+@pytest.mark.timeout(60)
+def test_a_large_decode_kept_waiting_is_refused_with_503_and_retry_after(tmp_path_factory, encoder, monkeypatch):
+    """At most HM_LARGE_DECODES large decodes run at once in a process; one kept waiting longer than
+    HM_LARGE_DECODE_WAIT_S is refused with 503 and Retry-After instead of queueing without end."""
+    # A 320x240 query counts as large here, whether the decoder gets its limits from the service's
+    # settings or from the process's.
+    overrides = {"large_decode_pixels": 10_000, "large_decodes": 1, "large_decode_wait_s": 0.3}
+    monkeypatch.setattr(decode, "default_limits", lambda: DecodeLimits(large_pixels=10_000, large_decodes=1,
+                                                                       wait_s=0.3))
+    app, service, ref_id, token = _app(tmp_path_factory, encoder, **overrides)
+    query = {"image": ("q.jpg", jpeg_bytes(REFERENCE, 95), "image/jpeg")}
+    with TestClient(app, headers=bearer(token)) as client:
+        with LARGE_DECODES.slot(1, 1):  # another large decode holds the only slot
+            t0 = time.monotonic()
+            r = client.post("/v1/search", files=query)
+            waited = time.monotonic() - t0
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "server_busy" and "large images" in r.json()["error"]["message"]
+        assert r.headers.get("Retry-After") == "1"
+        assert 0.3 <= waited < 5
+        r = client.post("/v1/search", files=query)  # the slot is free: the same search is answered
+        assert r.status_code == 200 and r.json()["results"][0]["artefact_id"] == ref_id
+    service.close()
 
 
 def test_path_traversal_file_name_writes_nothing_outside_the_photo_store(api, tmp_path):
