@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from app.cli.console import ScanProgressBar, console, fail
 from app.core.config import get_settings
 from app.core.errors import AppError
+from app.core.text import visible_controls
 
 
 def scan(
@@ -51,7 +53,8 @@ def scan(
         console.print("[yellow]interrupted:[/yellow] finished groups are saved; run the same command with --resume")
         raise typer.Exit(130)
     except AppError as exc:
-        fail(exc.message)
+        # The message may quote the dump (an archive's member names): shown, not interpreted.
+        fail(escape(visible_controls(exc.message)))
     if summary.status == "already_finished":
         console.print(f"{out} holds a finished scan of this dump: nothing to do (report: {out / 'report.html'})")
     else:

@@ -7,6 +7,7 @@ readable by another local user.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -19,7 +20,7 @@ from app.jobs.demo import seed_demo
 from app.main import create_app
 from app.security.audit import AuditLog
 from app.service import MatchingService
-from tests.conftest import coin_query
+from tests.conftest import coin_query, jpeg_bytes, random_photo
 from tests.web.test_web import sign_in, web_search
 
 
@@ -83,3 +84,31 @@ def test_an_existing_registry_made_under_umask_022_is_tightened_at_start(loose_u
         assert shared_modes(data) == {}
     finally:
         service.close()
+def test_scan_outputs_are_private_whatever_the_umask(loose_umask, tmp_path, encoder, coins):
+    import random
+
+    from app.jobs.scan.runner import ScanOptions, run_scan
+
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", model="efficientnet-lite0",
+                        device="cpu")
+    service = MatchingService(settings, encoder=encoder).start()
+    try:
+        seed_demo(service)
+        dump_dir = tmp_path / "dump"
+        dump_dir.mkdir()
+        rng = random.Random(3)
+        rows = []
+        for n in range(2):
+            (dump_dir / f"coin{n}.jpg").write_bytes(coin_query(coins[n].image, rng))
+            rows.append({"listing_id": f"C{n}", "title": "coin", "images": [f"coin{n}.jpg"]})
+        (dump_dir / "other.jpg").write_bytes(jpeg_bytes(random_photo(9)))
+        rows.append({"listing_id": "D", "images": ["other.jpg", "missing.jpg"]})
+        (dump_dir / "dump.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = tmp_path / "out"
+        summary = run_scan(ScanOptions(dump=dump_dir / "dump.jsonl", out=out, workers=1), settings, service=service)
+    finally:
+        service.close()
+    assert summary.status == "finished" and summary.image_errors == 1
+    for name in ("matches.jsonl", "matches.csv", "errors.jsonl", "report.html"):
+        assert (out / name).exists(), name
+    assert shared_modes(out) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -116,9 +117,9 @@ def test_scan_finds_coins_reports_errors_and_writes_a_safe_report(dump, registry
     assert [(e["where"], e["reason"][:14]) for e in row_errors] == [("line 4", "not valid JSON"),
                                                                     ("line 6", "listing_id is ")]
 
-    csv_lines = (out / "matches.csv").read_text().splitlines()
-    assert (csv_lines[0].startswith("listing_id,image,artefact_id,inventory_number")
-            and len(csv_lines) == len(matches) + 1)
+    csv_rows = list(csv.reader(io.StringIO((out / "matches.csv").read_text())))
+    assert csv_rows[0][:4] == ["listing_id", "image", "artefact_id", "inventory_number"]
+    assert len(csv_rows) == len(matches) + 1
 
     report = (out / "report.html").read_text()
     assert "<script>alert" not in report and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in report
@@ -309,7 +310,8 @@ def test_fetch_downloads_url_photos_from_a_local_server(dump, registry, scan_ser
         by_url.write_text("".join(json.dumps({"listing_id": f"U{n}", "images": [f"{base}/img/coin0-{n}.jpg"]}) + "\n"
                                   for n in range(3))
                           + json.dumps({"listing_id": "U404", "images": [f"{base}/none.jpg"]}) + "\n")
-        summary = run_scan(ScanOptions(dump=by_url, out=tmp_path / "out", workers=1, fetch=True), registry,
+        on_loopback = registry.model_copy(update={"fetch_allow_private": True})  # the test server's address
+        summary = run_scan(ScanOptions(dump=by_url, out=tmp_path / "out", workers=1, fetch=True), on_loopback,
                            service=scan_service)
     finally:
         server.shutdown()
@@ -418,6 +420,7 @@ def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = scan_service.settings.model_copy(update={"fetch_allow_private": True})  # the site is on loopback
     try:
         dump = tmp_path / "dump.jsonl"
         url = f"http://127.0.0.1:{server.server_address[1]}/a.jpg"
@@ -430,11 +433,11 @@ def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service
         with monkeypatch.context() as m:
             m.setattr(checkpoint.Checkpoint, "record", killed_before_the_record)
             with pytest.raises(KeyboardInterrupt):
-                run_scan(ScanOptions(dump=dump, out=out, workers=1, fetch=True), scan_service.settings, scan_service)
+                run_scan(ScanOptions(dump=dump, out=out, workers=1, fetch=True), settings, scan_service)
         assert "404" in (out / "errors.jsonl").read_text()
         up.set()
         summary = run_scan(ScanOptions(dump=dump, out=out, workers=1, fetch=True, resume=True),
-                           scan_service.settings, scan_service)
+                           settings, scan_service)
     finally:
         server.shutdown()
     assert summary.images == 1 and summary.image_errors == 0

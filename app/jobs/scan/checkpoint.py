@@ -9,12 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from app.core.files import atomic_write
+from app.core.files import atomic_write, private_opener
 
 STATE_FILE = "scan-state.json"
 DONE_FILE = "scan-done.log"
 # Settings that change the outputs: a resumed scan must use the same ones.
-PINNED = ("identity", "group_size", "model", "top_k", "min_verdict")
+PINNED = ("identity", "group_size", "model", "top_k", "min_verdict", "max_line_kb", "max_images_per_listing")
+# Pinned since a later version: a checkpoint written before them is resumed with the current values.
+PINNED_LATER = ("max_line_kb", "max_images_per_listing")
 
 
 @dataclass
@@ -92,4 +94,4 @@ def open_append(path: Path) -> TextIO:
             if keep != data_end:
                 f.truncate(keep)
     # backslashreplace: a file name that is not UTF-8 (kept as surrogates) is written as \udcXX, not a crash
-    return open(path, "a", encoding="utf-8", errors="backslashreplace")
+    return open(path, "a", encoding="utf-8", errors="backslashreplace", opener=private_opener)

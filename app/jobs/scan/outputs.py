@@ -13,10 +13,12 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
-from app.core.files import atomic_write
+from app.core.files import atomic_write, private_dir
+from app.core.text import visible_controls
 from app.jobs.scan.checkpoint import GroupStats, open_append
 from app.jobs.scan.reader import Listing, RowError
 from app.jobs.scan.work import GroupResult
@@ -32,8 +34,7 @@ CSV_COLUMNS = ("listing_id", "image", "artefact_id", "inventory_number", "instit
 class ScanOutputs:
     def __init__(self, out_dir: Path):
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / THUMBS).mkdir(exist_ok=True)
+        private_dir(self.dir / THUMBS)  # listing matches and photos: this user's only, as the data directory
         self._matches = open_append(self.dir / MATCHES)
         self._errors = open_append(self.dir / ERRORS)
 
@@ -58,6 +59,11 @@ class ScanOutputs:
                     _write_once(self.dir / THUMBS / f"{img.sha256}.jpg", img.thumb)
                 for rank, r in enumerate(img.results, start=1):
                     self._matches.write(_line(match_row(item, img, rank, r)))
+            if item.more_images:  # once per listing, after its photos: the index is the first one left out
+                stats.image_errors += 1
+                self._errors.write(_line({"seq": item.seq, "where": item.where, "listing_id": item.listing_id,
+                                          "image_index": len(item.images), "image": None,
+                                          "reason": too_many_images(item)}))
         return stats
 
     def flush(self) -> None:
@@ -69,6 +75,12 @@ class ScanOutputs:
     def close(self) -> None:
         self._matches.close()
         self._errors.close()
+
+
+def too_many_images(listing: Listing) -> str:
+    named, kept = len(listing.images) + listing.more_images, len(listing.images)
+    return (f"the listing names {named} photos; only the first {kept} are searched "
+            f"(HM_SCAN_MAX_IMAGES_PER_LISTING): the other {listing.more_images} were neither read nor decoded")
 
 
 def match_row(listing: Listing, img, rank: int, r: dict) -> dict:
@@ -131,8 +143,10 @@ def finalize_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def matches_csv(matches: list[dict]) -> str:
+    """The candidates for spreadsheets: every cell quoted, and no cell, nor any part of one after a
+    separator a spreadsheet might split on, can start a formula (``_cell``)."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(CSV_COLUMNS)
     for r in matches:
         region = r["region"]
@@ -146,10 +160,22 @@ def matches_csv(matches: list[dict]) -> str:
     return buf.getvalue()
 
 
+# Where a spreadsheet may start a cell: the start of the text, or after any character it might split
+# on (',' and ';' are the separators of English and of French or German locales, tab, line ends, '|').
+# A cell starting with = + - @ (or their fullwidth forms, which some spreadsheets fold) is a formula.
+_FORMULA_START = re.compile(r"(^|[,;\t\r\n|])( *)(?=[=+\-@\uff1d\uff0b\uff0d\uff20])")
+
+
 def _cell(text: str) -> str:
-    """Listing text is hostile: a cell starting with = + - @ would run as a formula in a spreadsheet."""
-    text = str(text)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    """Listing text is hostile: made safe for a spreadsheet, whatever separator it splits the line on.
+
+    Every place a formula could start gets a ``'`` (a spreadsheet's mark for text): the start of the
+    cell and the start of every part after a separator (``item;=cmd|...`` splits on ';' into a formula
+    cell in a French spreadsheet). A cell starting with a tab or a carriage return gets one too.
+    Bidirectional and terminal controls are made visible (``‹U+202E›``), as in the report.
+    """
+    text = _FORMULA_START.sub(r"\1'\2", visible_controls(str(text)))
+    return "'" + text if text[:1] in ("\t", "\r") else text
 
 
 def _unique(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:

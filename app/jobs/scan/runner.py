@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from app.core.config import Settings
 from app.core.errors import AppError
-from app.jobs.scan.checkpoint import PINNED, Checkpoint, GroupStats
+from app.jobs.scan.checkpoint import PINNED, PINNED_LATER, Checkpoint, GroupStats
 from app.jobs.scan.fetch import FetchPolicy
 from app.jobs.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, discard_unrecorded, finalize_rows
 from app.jobs.scan.reader import Dump, DumpError, open_dump
@@ -105,7 +105,8 @@ def run_scan(options: ScanOptions, settings: Settings, service: MatchingService 
     if options.engine not in ("local", "ray"):
         raise ScanRefused("--engine must be local or ray")
     try:
-        dump = open_dump(options.dump, settings.max_upload_bytes)
+        dump = open_dump(options.dump, settings.max_upload_bytes, settings.scan_max_line_kb * 1024,
+                         settings.scan_max_images_per_listing)
     except DumpError as exc:
         raise ScanRefused(str(exc)) from exc
     if dump.kind == "folder" and Path(options.out).resolve().is_relative_to(Path(options.dump).resolve()):
@@ -117,7 +118,8 @@ def run_scan(options: ScanOptions, settings: Settings, service: MatchingService 
         top_k = options.top_k or settings.top_k
         wanted = {"dump": str(Path(options.dump).resolve()), "identity": dump.identity(),
                   "group_size": options.group_size, "model": service.fingerprint, "top_k": top_k,
-                  "min_verdict": options.min_verdict}
+                  "min_verdict": options.min_verdict, "max_line_kb": settings.scan_max_line_kb,
+                  "max_images_per_listing": settings.scan_max_images_per_listing}
         checkpoint = Checkpoint(options.out)
         state = _check_state(checkpoint, wanted, options)
         if state is not None and state.get("finished"):
@@ -163,7 +165,8 @@ def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> 
     if state.get("identity") != wanted["identity"]:
         raise ScanRefused(f"{out} holds a scan of another dump ({state.get('dump')}); choose another --out "
                           "folder for this one")
-    changed = [k for k in PINNED if k != "identity" and state.get(k) != wanted[k]]
+    changed = [k for k in PINNED if k != "identity"
+               and state.get(k, wanted[k] if k in PINNED_LATER else None) != wanted[k]]
     if changed:
         detail = ", ".join(f"{k} {state.get(k)!r} -> {wanted[k]!r}" for k in changed)
         raise ScanRefused(f"{out} holds a scan of this dump with other settings ({detail}); resume it with the "
@@ -177,7 +180,9 @@ def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> 
 def _scan(options: ScanOptions, settings: Settings, service: MatchingService, dump: Dump, checkpoint: Checkpoint,
           done: set[int], top_k: int, progress: Progress) -> int:
     cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=working_side(service.encoder.preprocessing.size),
-                       fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes),
+                       fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes,
+                                         deadline_s=settings.fetch_deadline_s,
+                                         allow_private=settings.fetch_allow_private),
                        proposals=settings.region_proposals)
     engine = _engine(options, settings, service)
     dropped = discard_unrecorded(options.out, done, options.group_size)
@@ -196,7 +201,7 @@ def _scan(options: ScanOptions, settings: Settings, service: MatchingService, du
 
     try:
         todo = GroupStream(Path(options.dump).resolve(), settings.max_upload_bytes, options.group_size,
-                           frozenset(done))
+                           frozenset(done), dump.max_line_bytes, dump.max_images)
         engine.run(todo, dump.source, cfg, top_k, options.min_verdict, emit)
     finally:
         outputs.close()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from app.core.errors import AppError
 from app.jobs.scan.fetch import FetchPolicy, fetch
-from app.jobs.scan.reader import Listing, RowError, open_dump
+from app.jobs.scan.reader import MAX_IMAGES, MAX_LINE_BYTES, Listing, RowError, open_dump
 from app.jobs.scan.sources import ImageSource, ImageUnavailable, has_scheme, is_url
 from app.pipeline.decode import DecodedImage, decode_image, thumbnail_jpeg
 from app.pipeline.signature import analyse_photo
@@ -103,9 +103,12 @@ class GroupStream:
     max_bytes: int
     group_size: int
     done: frozenset[int]
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_images: int = MAX_IMAGES
 
     def __iter__(self) -> Iterator[Group]:
-        return groups(open_dump(self.dump, self.max_bytes).items(), self.group_size, set(self.done))
+        dump = open_dump(self.dump, self.max_bytes, self.max_line_bytes, self.max_images)
+        return groups(dump.items(), self.group_size, set(self.done))
 
 
 def read_image(source: ImageSource, ref: str, cfg: DecodeConfig) -> bytes:
