@@ -17,13 +17,15 @@ from app.api.main import api_router
 from app.core.config import Settings, get_settings
 from app.core.threads import apply_thread_limits, intra_op_threads
 from app.embedding import create_serving_encoder
-from app.http.errors import install_error_handlers
-from app.http.middleware import Authenticate, BodySizeLimit, SecurityHeaders
+from app.http.errors import SEARCH_PATH, install_error_handlers
+from app.http.middleware import AuditRefusedSearches, Authenticate, BodySizeLimit, SecurityHeaders
+from app.jobs.webhooks import WebhookDispatcher
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
 from app.security.ratelimit import RateLimiter
 from app.service import MatchingService
 from app.web.main import MULTI_PHOTO_PATHS as WEB_MULTI_PHOTO_PATHS
+from app.web.main import SEARCH_PATHS as WEB_SEARCH_PATHS
 from app.web.main import mount_web
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,10 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         app.state.service.start()
         app.state.keys = KeyStore(app.state.service.store.sessions)
         app.state.audit = AuditLog(app.state.service.store.sessions)
+        # New alerts go to the webhook endpoints from this thread only, never from the scan or request that
+        # raised them; a delivery pending at the last stop is sent now.
+        app.state.webhook_dispatcher = WebhookDispatcher(app.state.service.settings,
+                                                         app.state.service.store.sessions).start()
         if not settings.auth:
             log.warning("HM_AUTH=false: every request acts as an admin without a key. "
                         "Use on a single-user machine only.")
@@ -54,6 +60,7 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         log.info("heritage-match ready: model %s, %d vectors", app.state.service.fingerprint,
                  app.state.service.index.count if app.state.service.index else 0)
         yield
+        app.state.webhook_dispatcher.stop()
         if owned:
             close_encoder = getattr(app.state.service.encoder, "close", None)
             if close_encoder is not None:  # the micro-batcher finishes queued requests and stops its thread
@@ -71,7 +78,8 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     install_error_handlers(app)
 
     # Added innermost first: headers wrap everything, CORS answers preflights before authentication,
-    # authentication refuses before the size limit lets any body in.
+    # the audit of refused searches sees every refusal, authentication (API keys, web sessions) refuses
+    # before the size limit lets any body in, and gives it the principal whose limit applies.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20),  # room for multipart headers
                        limit_mb=settings.max_upload_mb, multi_limit=settings.max_request_bytes + (1 << 20),
                        multi_limit_mb=settings.max_request_bytes / (1 << 20),
@@ -81,6 +89,10 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
     # Guessing keys, through the API or the sign-in page, is slowed per client address.
     app.state.auth_failures = RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst)
     app.add_middleware(Authenticate, enabled=settings.auth, limiter=app.state.limiter, failures=app.state.auth_failures)
+    # Outside authentication and the size limit: their refusals of a search are audited too (those from no
+    # known key at most as often per address as wrong keys are allowed).
+    app.add_middleware(AuditRefusedSearches, paths=(SEARCH_PATH, *WEB_SEARCH_PATHS),
+                       unauthenticated=RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst))
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],

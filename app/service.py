@@ -242,8 +242,9 @@ class MatchingService:
         return self.searcher.search(data, top_k)
 
     def search_images(self, decoded: list[DecodedImage], top_k: int | None = None,
-                      started: float | None = None) -> list[SearchResponse]:
-        return self.searcher.search_images(decoded, top_k, started)
+                      started: float | None = None,
+                      frame_vectors: list[np.ndarray | None] | None = None) -> list[SearchResponse]:
+        return self.searcher.search_images(decoded, top_k, started, frame_vectors)
 
     def backfill_signatures(self, photos: list[Photo], progress: Progress | None = None) -> int:
         return self.searcher.backfill_signatures(photos, progress)

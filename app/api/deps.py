@@ -10,6 +10,7 @@ from fastapi import Depends, Query
 from fastapi.params import Depends as DependsParam
 
 from app.http.requests import DB_ID_MAX, get_audit, get_service, require, row_id
+from app.registry.alerts import AlertStore, WebhookStore
 from app.schemas import ErrorResponse
 from app.security.actor import Principal
 from app.security.audit import AuditLog
@@ -44,3 +45,18 @@ Searcher = Annotated[Principal, Depends(require(Permission.search))]
 ArtefactReader = Annotated[Principal, Depends(require(Permission.read_any_artefact, Permission.read_matched_artefact))]
 PhotoViewer = Annotated[Principal, Depends(require(Permission.read_any_photo, Permission.read_matched_photo,
                                                    Permission.thumb_matched_photo))]
+
+
+def get_alerts(service: ServiceDep) -> AlertStore:
+    return AlertStore(service.store.sessions)
+
+
+def get_webhooks(service: ServiceDep) -> WebhookStore:
+    return WebhookStore(service.store.sessions, allow_private=service.settings.webhook_allow_private)
+
+
+# Alerts (a registry object seen in a listing) and the webhook endpoints told of new ones.
+AlertsDep = Annotated[AlertStore, Depends(get_alerts)]
+WebhooksDep = Annotated[WebhookStore, Depends(get_webhooks)]
+AlertId = Annotated[int, row_id("alert")]
+WebhookId = Annotated[int, row_id("webhook endpoint")]

@@ -2,8 +2,9 @@
 
 This module lays out the commands and their groups; each command lives in the module of its group
 (``serve``, ``search``, ``registry``, ``index``, ``models``, ``evaluate``, ``calibrate``, ``scan``, ``keys``,
-``audit``) and imports what it needs only when it runs, so that the command line starts quickly. ``console`` holds
-what they share: the console, errors, progress bars, the service and registry openers.
+``audit``, ``alerts`` with ``webhooks``) and imports what it needs only when it runs, so that the command line
+starts quickly. ``console`` holds what they share: the console, errors, progress bars, the service and registry
+openers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 import typer
 
-from app.cli import audit, calibrate, evaluate, index, keys, models, registry, scan, search, serve
+from app.cli import alerts, audit, calibrate, evaluate, index, keys, models, registry, scan, search, serve
 from app.cli.console import console
 from app.core.config import get_settings
 from app.core.errors import AppError
@@ -27,6 +28,9 @@ index_app = typer.Typer(help="Maintain the FAISS index.", no_args_is_help=True)
 models_app = typer.Typer(help="Model weights: fetch and list.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail of searches and registry changes.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Alerts: registered objects seen in listings.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Webhook endpoints that receive new alerts, and their delivery log.",
+                           no_args_is_help=True)
 
 app.command("serve")(serve.serve)
 app.command("demo")(search.demo)
@@ -44,12 +48,21 @@ keys_app.command("create")(keys.keys_create)
 keys_app.command("list")(keys.keys_list)
 keys_app.command("revoke")(keys.keys_revoke)
 audit_app.command("export")(audit.audit_export)
+alerts_app.command("list")(alerts.alerts_list)
+alerts_app.command("export")(alerts.alerts_export)
+webhooks_app.command("add")(alerts.webhooks_add)
+webhooks_app.command("list")(alerts.webhooks_list)
+webhooks_app.command("remove")(alerts.webhooks_remove)
+webhooks_app.command("deliveries")(alerts.webhooks_deliveries)
+webhooks_app.command("deliver")(alerts.webhooks_deliver)
 
 app.add_typer(registry_app, name="registry")
 app.add_typer(index_app, name="index")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.callback()

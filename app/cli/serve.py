@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 
 
 def serve(
@@ -34,7 +34,17 @@ def serve(
     from app.embedding import create_encoder
 
     create_encoder(settings).weights_path()
+    uvicorn.run("app.main:create_app", factory=True, **server_options(settings, host, port))
+
+
+def server_options(settings: Settings, host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """uvicorn's options as ``serve`` runs it (the tests start a server with these too).
+
+    ``X-Forwarded-For`` is trusted only from the proxies ``HM_FORWARDED_ALLOW_IPS`` names (a proxy on
+    the same machine: ``127.0.0.1``); then the client address, which the wrong-key limit counts by, is
+    the one the proxy saw. With none, uvicorn's own default (trust 127.0.0.1) is not used: a client
+    could choose its address, and behind an unnamed proxy every user shares the proxy's.
+    """
     proxies = settings.forwarded_allow_ips.strip()
-    uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
-                workers=settings.workers)
+    return {"host": host or settings.host, "port": port or settings.port, "proxy_headers": bool(proxies),
+            "forwarded_allow_ips": proxies or None, "workers": settings.workers}

@@ -12,7 +12,7 @@ from starlette.types import Scope
 from app.core.errors import AppError
 from app.core.files import sha256_hex
 from app.schemas import SearchResponse, photo_url
-from app.security.actor import Principal, current_principal
+from app.security.actor import UNAUTHENTICATED, Principal
 from app.security.audit import AuditLog
 from app.security.roles import VISIBLE_VERDICTS, Role
 from app.service import MatchingService
@@ -38,12 +38,14 @@ def audited_search(service: MatchingService, audit: AuditLog, principal: Princip
     return response
 
 
-async def record_refused_search(scope: Scope, outcome: str) -> None:
-    """An API search refused before its route ran (too large, invalid parameters): audited as
-    ``audited_search`` audits the searches it refuses, under the key that sent it."""
+async def record_refused_search(scope: Scope, outcome: str, principal: Principal | None,
+                                details: dict | None = None) -> None:
+    """A search request refused before or outside ``audited_search`` (see the middleware
+    ``AuditRefusedSearches``): audited as ``audited_search`` audits the searches it refuses, under the key
+    that sent it, or ``UNAUTHENTICATED`` when none was known."""
     state = scope["app"].state if "app" in scope else None
     audit, service = getattr(state, "audit", None), getattr(state, "service", None)
     if audit is None or service is None:
         return
     await run_in_threadpool(audit.record_search, outcome=outcome, fingerprint=service.fingerprint,
-                            principal=current_principal())
+                            principal=principal or UNAUTHENTICATED, details=details)

@@ -14,9 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import AppError
-from app.http.audited_search import record_refused_search
 
-SEARCH_PATH = "/v1/search"
+SEARCH_PATH = "/v1/search"  # refused searches are audited whoever refuses them (middleware.AuditRefusedSearches)
 WEB_ERROR_PAGES = "web_http_error"  # app.state attribute: (request, status, **values) -> Response | None
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
 
@@ -43,15 +42,13 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error in the envelope: the service's own, invalid requests, and HTTP errors."""
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> Response:
-        return error_response(exc.status_code, exc.code, exc.message)
+        return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         page = web_error_page(request, 422)
         if page is not None:
             return page
-        if request.url.path == SEARCH_PATH:
-            await record_refused_search(request.scope, "validation_error")
         parts = []
         for err in exc.errors()[:5]:
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")

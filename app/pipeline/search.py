@@ -132,8 +132,13 @@ class PhotoSearch:
         return self.search_images([decoded], top_k, started=t0)[0]
 
     def search_images(self, decoded: list[DecodedImage], top_k: int | None = None,
-                      started: float | None = None) -> list[SearchResponse]:
-        """Search already decoded photos in one batch (the API, scans and evaluate all end here)."""
+                      started: float | None = None,
+                      frame_vectors: list[np.ndarray | None] | None = None) -> list[SearchResponse]:
+        """Search already decoded photos in one batch (the API, scans and evaluate all end here).
+
+        ``frame_vectors``, when given, receives each photo's whole-frame vector (None for a re-used
+        registry photo, which is answered before any embedding): the listings archive keeps them.
+        """
         t0 = started if started is not None else time.perf_counter()
         idx = self.check_index()
         if not decoded:
@@ -158,6 +163,11 @@ class PhotoSearch:
             judged[i] = self._search_regions(vectors[start:start + len(boxes)], boxes, signatures[i], k, idx,
                                              decoded[i].image)
             start += len(boxes)
+        if frame_vectors is not None:
+            starts, at = {}, 0
+            for i, boxes in regions.items():
+                starts[i], at = at, at + len(boxes)
+            frame_vectors[:] = [vectors[starts[i]] if i in starts else None for i in range(len(decoded))]
         model = self.model_info()
         return [
             SearchResponse(

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from app.core.db import create_tables
 from app.core.errors import Conflict, NotFound
 from app.core.files import FILE_MODE, file_lock, private_dir, private_sqlite
+from app.registry import alerts as _alerts  # noqa: F401  (its tables: alerts, webhook endpoints and deliveries)
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security.audit import record_event

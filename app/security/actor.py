@@ -28,6 +28,9 @@ class Principal:
 LOCAL = Principal(key_id=None, name="local", role=Role.admin)
 # Without HM_AUTH every request, API or web, acts as this admin (a single-user machine only).
 ANONYMOUS = Principal(key_id=None, name="anonymous", role=Role.admin)
+# Who sent a request refused before any key or session was known (none, an unknown one, or its address was
+# blocked for guessing): the audit trail records such a refused search under this name, with the least role.
+UNAUTHENTICATED = Principal(key_id=None, name="unauthenticated", role=Role.monitor)
 _current: ContextVar[Principal] = ContextVar("heritage_match_principal", default=LOCAL)
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.files import private_opener
 from app.security.actor import Principal, current_principal
 from app.security.models import AuditEvent, AuditResult
 from app.security.roles import GRANTING_VERDICTS, Role
@@ -50,6 +53,22 @@ def record_event(
     return row.id
 
 
+# The ids of the search events recorded in the current context while a request watches (``watching_searches``).
+_watched: ContextVar[list[int] | None] = ContextVar("heritage_match_search_events", default=None)
+
+
+@contextmanager
+def watching_searches() -> Iterator[list[int]]:
+    """Collect the ids of the search events recorded in this block (in the threads it starts too): the HTTP
+    layer records a search request that ends without one as refused, whoever refused it."""
+    recorded: list[int] = []
+    token = _watched.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _watched.reset(token)
+
+
 class AuditLog:
     def __init__(self, sessions: sessionmaker):
         self.sessions = sessions
@@ -59,7 +78,8 @@ class AuditLog:
             return record_event(s, action, **fields)
 
     def record_search(self, response=None, *, query_sha256: str | None = None, outcome: str = "ok",
-                      fingerprint: str | None = None, principal: Principal | None = None) -> int:
+                      fingerprint: str | None = None, principal: Principal | None = None,
+                      details: dict | None = None) -> int:
         """A search and what it returned (a SearchResponse), or its failure (``outcome`` = error code)."""
         results = []
         index_version = None
@@ -68,8 +88,12 @@ class AuditLog:
             fingerprint = response.model.fingerprint
             index_version = response.index_version
             results = [(r.artefact_id, r.photo_id, r.score, r.verdict) for r in response.results]
-        return self.record("search", outcome=outcome, query_sha256=query_sha256, model_fingerprint=fingerprint,
-                           index_version=index_version, results=results, principal=principal)
+        event_id = self.record("search", outcome=outcome, query_sha256=query_sha256, model_fingerprint=fingerprint,
+                               index_version=index_version, results=results, principal=principal, details=details)
+        watched = _watched.get()
+        if watched is not None:
+            watched.append(event_id)
+        return event_id
 
     def matched(self, principal: Principal, artefact_id: int, since: dt.datetime | None = None) -> bool:
         """Whether a search by this key returned this artefact with a verdict that opens it to the role.
@@ -106,7 +130,7 @@ class AuditLog:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         n = 0
-        with open(out, "w", encoding="utf-8") as f:
+        with open(out, "w", encoding="utf-8", opener=private_opener) as f:  # the trail names keys and queries
             for ev in self.events():
                 f.write(json.dumps(event_dict(ev), ensure_ascii=False) + "\n")
                 n += 1

@@ -28,13 +28,16 @@ class Permission(str, enum.Enum):
     write_registry = "registry.write"  # create, edit, delete artefacts and photos
     manage_keys = "keys.manage"
     rebuild_index = "index.rebuild"
+    read_alerts = "alerts.read"  # alerts: registry objects seen in listings (scans, retro-hunts)
+    review_alerts = "alerts.review"  # confirm or dismiss an alert
+    manage_webhooks = "webhooks.manage"  # endpoints that receive new alerts
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.admin: frozenset(Permission),
     Role.registrar: frozenset({
         Permission.search, Permission.list_registry, Permission.read_any_artefact, Permission.read_any_photo,
-        Permission.write_registry,
+        Permission.write_registry, Permission.read_alerts, Permission.review_alerts,
     }),
     Role.officer: frozenset({Permission.search, Permission.read_matched_artefact, Permission.read_matched_photo}),
     Role.monitor: frozenset({Permission.search, Permission.thumb_matched_photo}),

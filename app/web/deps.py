@@ -24,3 +24,7 @@ RegistryWriter = Annotated[WebUser, Depends(allow(Permission.write_registry))]
 RegistryForm = Annotated[WebUser, Depends(csrf_checked(Permission.write_registry))]
 PhotoViewer = Annotated[WebUser, Depends(allow(Permission.read_any_photo, Permission.read_matched_photo,
                                                Permission.thumb_matched_photo))]
+# Alerts: a registry object seen in a listing; reviewing one (confirm, dismiss) is a form.
+AlertId = Annotated[int, row_id("alert")]
+AlertReader = Annotated[WebUser, Depends(allow(Permission.read_alerts))]
+AlertForm = Annotated[WebUser, Depends(csrf_checked(Permission.review_alerts))]

@@ -14,6 +14,7 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from app.http.middleware import FORGED_FORM
 from app.pipeline.verdict import MIN_SURFACE
 from app.security.actor import ANONYMOUS
 from app.security.roles import Permission
@@ -85,7 +86,9 @@ def allow(*permissions: Permission):
             raise WebError(403, N_("Your role may not open this page."))
         return user
 
-    check.permissions = permissions  # type: ignore[attr-defined]  # read by the route tests, as require()'s is
+    # Read, as require()'s are, by the authentication middleware: a form POST to the route is checked
+    # (app.web.gate) before its body is read (and by the route tests).
+    check.permissions = permissions  # type: ignore[attr-defined]
     return check
 
 
@@ -96,10 +99,11 @@ def csrf_checked(*permissions: Permission):
     def check(request: Request, csrf_token: str = Form(""), user: WebUser = Depends(allowed)) -> WebUser:
         token = csrf_token or request.headers.get("x-csrf-token", "")
         if not user.session.csrf_ok(token):
+            setattr(request.state, FORGED_FORM, True)  # not the key holder's: no audit event as its search
             raise WebError(403, CSRF_REFUSED)
         return user
 
-    check.permissions = permissions  # type: ignore[attr-defined]  # read by the route tests
+    check.permissions = permissions  # type: ignore[attr-defined]  # the same checks, read alike
     return check
 
 

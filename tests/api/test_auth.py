@@ -29,6 +29,14 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/keys"): {"admin"},
     ("DELETE", "/v1/keys/{key_id}"): {"admin"},
     ("POST", "/v1/index/rebuild"): {"admin"},
+    ("GET", "/v1/alerts"): WRITERS,
+    ("GET", "/v1/alerts/{alert_id}"): WRITERS,
+    ("PATCH", "/v1/alerts/{alert_id}"): WRITERS,
+    ("GET", "/v1/alerts/{alert_id}/listing-photo"): WRITERS,
+    ("GET", "/v1/webhooks"): {"admin"},
+    ("POST", "/v1/webhooks"): {"admin"},
+    ("DELETE", "/v1/webhooks/{webhook_id}"): {"admin"},
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"admin"},
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -42,6 +50,8 @@ WEB = {
     ("GET", "/photos/{photo_id}"),
     ("GET", "/registry"), ("GET", "/registry/new"), ("POST", "/registry/new"), ("GET", "/registry/{artefact_id}"),
     ("POST", "/registry/{artefact_id}"), ("POST", "/registry/{artefact_id}/photos"),
+    ("GET", "/alerts"), ("GET", "/alerts/{alert_id}"), ("POST", "/alerts/{alert_id}"),
+    ("GET", "/alerts/{alert_id}/listing.jpg"),
 }
 WEB_SIGN_IN = {"/", "/signin", "/signout"}
 
@@ -81,6 +91,18 @@ def _request(route, client, service, registry, keystore):
         return client.delete(f"/v1/keys/{victim.id}")
     if path == "/v1/index/rebuild":
         return client.post(path)
+    if path.startswith("/v1/alerts"):
+        alert_id = keystore.alert(service, registry)
+        if method == "PATCH":
+            return client.patch(f"/v1/alerts/{alert_id}", json={"status": "confirmed"})
+        return client.get(path.format(alert_id=alert_id))
+    if path == "/v1/webhooks":  # a public address literal: accepted without a DNS lookup (nothing is sent to it)
+        return client.get(path) if method == "GET" else client.post(path, json={"url": "https://93.184.216.34/h"})
+    if path.startswith("/v1/webhooks/{webhook_id}"):
+        victim = keystore.webhook(service)
+        if method == "DELETE":
+            return client.delete(f"/v1/webhooks/{victim}")
+        return client.get(path.format(webhook_id=victim))
     raise AssertionError(f"no request written for {route}: add it here and to MATRIX")
 
 
@@ -92,6 +114,23 @@ class _Keys:
     def counter(self) -> int:
         self.n += 1
         return self.n
+
+    def alert(self, service, registry) -> int:
+        """One alert on the registry's artefact, with a kept listing photo (raised once)."""
+        from app.registry.alerts import AlertDraft, AlertStore
+
+        art_id, photo_id, photo = registry
+        alert, _ = AlertStore(service.store.sessions).raise_alert(AlertDraft(
+            artefact_id=art_id, registry_photo_id=photo_id, score=0.9, verdict="match", source="scan",
+            archive_photo_id=1, listing_thumbnail=photo))
+        return alert.id
+
+    def webhook(self, service) -> int:
+        """A throw-away webhook endpoint (registered directly: loopback, allowed here)."""
+        from app.registry.alerts import WebhookStore
+
+        hooks = WebhookStore(service.store.sessions, allow_private=True)
+        return hooks.add(f"http://127.0.0.1:9/victim-{self.counter()}").endpoint.id
 
 
 def app_routes(app) -> list:

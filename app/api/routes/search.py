@@ -4,7 +4,6 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import AuditDep, Searcher, ServiceDep
-from app.core.errors import AppError
 from app.http.audited_search import audited_search
 from app.http.requests import read_upload
 from app.schemas import ErrorResponse, SearchResponse
@@ -33,10 +32,6 @@ async def search(
     Every search is recorded in the audit trail; the response carries the event's ``audit_id``.
     A monitor key sees only `match` results, with thumbnail links.
     """
-    try:
-        data = await read_upload(image, service.settings.max_upload_bytes)
-    except AppError as exc:  # refused uploads are evidence of probing too
-        await run_in_threadpool(audit.record_search, outcome=exc.code, fingerprint=service.fingerprint,
-                                principal=principal)
-        raise
+    # A refused upload is audited with its code by the middleware, as every refused search is.
+    data = await read_upload(image, service.settings.max_upload_bytes)
     return await run_in_threadpool(audited_search, service, audit, principal, data, top_k or top_k_query)

@@ -34,6 +34,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.netguard import address_problem
 from app.jobs.scan.sources import ImageUnavailable, is_url
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -42,7 +43,6 @@ USER_AGENT = "heritage-match-scan/0.1"
 READ_CHUNK = 1 << 16
 # Characters sent as they are in a request path; anything else (spaces, controls, non-ASCII) is %-encoded.
 _PATH_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 Address = tuple[int, int, int, Any]  # family, type, proto, sockaddr: as getaddrinfo gives them
 
@@ -72,19 +72,9 @@ class _DeadlinePassed(TimeoutError):
 
 
 def address_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether ``ip`` is a public address, the only kind fetched unless ``allow_private``."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded: ipaddress.IPv4Address | None = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and any(ip in net for net in _NAT64):
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:  # an IPv4 address in IPv6 form: what counts is the IPv4 address
-            return address_allowed(embedded)
-        if ip.teredo is not None:
-            return False  # a tunnel to an address named inside it: never needed for a photo
-        if ip.is_site_local:
-            return False
-    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-                                 or ip.is_reserved or ip.is_unspecified)
+    """Whether ``ip`` is a public address, the only kind fetched unless ``allow_private`` (the same rule
+    as webhook endpoints: ``app.core.netguard``)."""
+    return address_problem(ip) is None
 
 
 def fetch(url: str, policy: FetchPolicy) -> bytes:

@@ -8,15 +8,15 @@ from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from app.core.errors import AppError, RateLimited
+from app.core.errors import AppError
 from app.http.audited_search import audited_search
+from app.http.middleware import SEARCH_REFUSAL
 from app.http.requests import read_upload
 from app.pipeline.calibrate import Calibration
 from app.pipeline.decode import decode_image, thumbnail_jpeg
 from app.registry.access import may_read_artefact, may_see_photo
 from app.registry.models import Artefact
 from app.schemas import SearchResult
-from app.security.ratelimit import RateLimiter
 from app.security.roles import Permission
 from app.web.deps import Searcher, SearchForm
 from app.web.i18n import N_
@@ -63,21 +63,16 @@ async def search(request: Request, user: SearchForm, image: list[UploadFile] | N
     as_json = wants_json(request)
     # The form has a camera input and a file input; the one the officer used has the photo.
     upload = next((f for f in image or [] if f is not None and f.filename), None)
+    # The key's rate was applied before the form was read (app.web.gate).
     try:
-        limiter: RateLimiter = request.app.state.limiter
-        if limiter.check(user.principal.key_id if user.principal.key_id is not None else user.principal.name) > 0:
-            raise RateLimited("Too many requests for this key.")
         if upload is None:
             raise AppError("Choose or take a photo first.", code="no_photo", status_code=422)
-        try:
-            data = await read_upload(upload, service.settings.max_upload_bytes)
-        except AppError as exc:  # audited as the API audits a refused upload
-            await run_in_threadpool(audit.record_search, outcome=exc.code, fingerprint=service.fingerprint,
-                                    principal=user.principal)
-            raise
+        data = await read_upload(upload, service.settings.max_upload_bytes)
         response = await run_in_threadpool(audited_search, service, audit, user.principal, data)
         display = await run_in_threadpool(_display_jpeg, data, service.settings.max_image_pixels)
     except AppError as exc:
+        # Audited with this code (by the middleware, as every refused search is) unless the search was.
+        setattr(request.state, SEARCH_REFUSAL, exc.code)
         t = translator(request)
         message = t.gettext(ERROR_MESSAGES.get(exc.code, exc.message))
         if as_json:
