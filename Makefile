@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install demo serve clean chromium
+.PHONY: run test lint install demo serve clean chromium postgresql
 
 run: install
 	$(BIN)/heritage-match demo --if-empty
 	$(BIN)/heritage-match serve
 
-test: install chromium lint
+test: install chromium postgresql lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Gates before the tests: ruff (pyflakes, pycodestyle, import order) on all code, mypy on app/.
@@ -30,6 +30,11 @@ $(STAMP): pyproject.toml
 # The browser tests use the system's Chromium (Debian package `chromium`), installed when missing.
 chromium:
 	.ci/install-chromium
+
+# The registry tests run on PostgreSQL too (Debian package `postgresql`, installed when missing; the tests start
+# and remove their own server). Without it they skip, unless HM_REQUIRE_POSTGRES=1 (CI) makes that a failure.
+postgresql:
+	.ci/install-postgresql
 
 clean:
 	rm -rf $(VENV) .pytest_cache

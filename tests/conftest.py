@@ -34,11 +34,91 @@ def encoder() -> EfficientNetLiteEncoder:
     return EfficientNetLiteEncoder().load()
 
 
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "databases: run each test of the module (or the test) on SQLite and on "
+                            "PostgreSQL: the `settings` fixture's registry database (tests/pg.py)")
+    config.addinivalue_line("markers", "sqlite_only(reason): in a `databases` module, a test that runs on SQLite "
+                            "only, and why")
+
+
+def pytest_generate_tests(metafunc):
+    """``databases``-marked tests that use the registry database run once per database, ids [sqlite] and
+    [postgresql]; the others use SQLite."""
+    if ("db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("databases")
+            and not metafunc.definition.get_closest_marker("sqlite_only")):
+        metafunc.parametrize("db_backend", DATABASES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throw-away PostgreSQL server for the session (tests/pg.py); the tests that need it skip, saying why,
+    where none can be started, or fail under HM_REQUIRE_POSTGRES=1 (CI)."""
+    from tests.pg import PgServer, PgUnavailable
+
+    try:
+        server = PgServer.start()
+    except PgUnavailable as exc:
+        if os.environ.get("HM_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required (HM_REQUIRE_POSTGRES=1) but: {exc}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def db_backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(request, db_backend):
+    """The registry database's URL for ``settings``: None (SQLite in the data directory), or a fresh PostgreSQL
+    database at the newest revision, dropped after the test."""
+    if db_backend != "postgresql":
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.fresh_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def other_database(request, db_backend):
+    """Makes another registry database of the test's kind: None for SQLite (a new data directory has its own),
+    a fresh PostgreSQL database otherwise (dropped after the test)."""
+    made: list[str] = []
+
+    def make() -> str | None:
+        if db_backend != "postgresql":
+            return None
+        made.append(request.getfixturevalue("pg_server").fresh_database())
+        return made[-1]
+
+    yield make
+    for url in made:
+        request.getfixturevalue("pg_server").drop_database(url)
+
+
+@pytest.fixture
+def db_env(monkeypatch, database_url) -> dict[str, str]:
+    """For tests that configure through the environment (the CLI, subprocesses): HM_DATABASE_URL set when the
+    test runs on PostgreSQL; returns what to add to a subprocess's environment."""
+    if database_url is None:
+        monkeypatch.delenv("HM_DATABASE_URL", raising=False)
+        return {}
+    monkeypatch.setenv("HM_DATABASE_URL", database_url)
+    return {"HM_DATABASE_URL": database_url}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url) -> Settings:
     # No rate limits by default: tests send bursts (of bad keys too); tests/api/test_auth.py checks the limits.
     return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", model="efficientnet-lite0",
-                    device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0)
+                    device="cpu", rate_limit_per_minute=0, auth_failures_per_minute=0, database_url=database_url)
 
 
 @pytest.fixture

@@ -34,6 +34,11 @@ def serve(
     from app.embedding import create_encoder
 
     create_encoder(settings).weights_path()
+    # And the registry database's schema: upgraded here, once, when it is behind this version (before any worker
+    # opens it), refused with the revisions named when it is ahead (app.registry.schema).
+    from app.cli.console import open_registry
+
+    open_registry().close()
     uvicorn.run("app.main:create_app", factory=True, **server_options(settings, host, port))
 
 

@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("index"), description="Registry database, photo store and FAISS files.")
     models_dir: Path = Field(default=Path("models"), description="Model weights and exported models.")
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default is SQLite at DATA_DIR/registry.db."
+        default=None, description="SQLAlchemy URL of the registry database; default is SQLite at DATA_DIR/registry.db. "
+        "PostgreSQL: postgresql+psycopg://ROLE:PASSWORD@HOST:PORT/DATABASE (see deploy/postgres-roles.sql)."
     )
     model: str = Field(
         default="auto",

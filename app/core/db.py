@@ -1,17 +1,19 @@
-"""The registry database's SQLAlchemy base, and the creation of its tables.
+"""The registry database's SQLAlchemy base.
 
 Each table module declares its tables on ``Base`` (``app.registry.models``: the records, photos and
-vectors; ``app.security.models``: API keys and the audit trail). A table whose rows must never change
-says so with ``info={APPEND_ONLY: key columns}``; ``create_tables`` gives it triggers that refuse the
-change, so the guarantee lives in the database, not in the code that happens to be running.
+vectors; ``app.security.models``: API keys and the audit trail; the listings archive and the alerts). The
+schema is made and changed by the migrations in ``app/migrations`` only (``app.registry.schema``), never by
+``create_all``. A table whose rows must never change says so with ``info={APPEND_ONLY: key columns}``: its
+migration gives it triggers that refuse the change (``app/migrations/append_only.py``), so the guarantee
+lives in the database, not in the code that happens to be running, and the schema test checks that every
+such table has them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase
 
 APPEND_ONLY = "append_only"  # Table.info key: the columns that identify a row
@@ -25,28 +27,9 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def append_only_triggers(table: str, key: tuple[str, ...]) -> list[str]:
-    """SQLite triggers that refuse UPDATE and DELETE on ``table``, and INSERT OR REPLACE onto an existing
-    row, which deletes the old row without firing DELETE triggers (SQLite fires them only with recursive
-    triggers on)."""
-    refuse = "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
-    same_row = " AND ".join(f"{column} = NEW.{column}" for column in key)
-    return [f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} {refuse}"
-            for verb in ("UPDATE", "DELETE")] + [
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} WHEN EXISTS "
-        f"(SELECT 1 FROM {table} WHERE {same_row}) {refuse}"
-    ]
-
-
-def create_tables(engine: Engine) -> None:
-    """Create the missing tables of every table module imported so far, then the append-only triggers.
-    On other databases than SQLite the service's role gets INSERT and SELECT only on those tables."""
-    Base.metadata.create_all(engine)
-    if engine.dialect.name != "sqlite":
-        return
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            key = table.info.get(APPEND_ONLY)
-            if key:
-                for ddl in append_only_triggers(table.name, tuple(key)):
-                    conn.execute(text(ddl))
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether a write failed on a unique constraint (SQLite's message; PostgreSQL's SQLSTATE 23505)."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate == "23505"
+    return "UNIQUE CONSTRAINT FAILED" in str(exc.orig).upper()

@@ -21,10 +21,10 @@ from sqlalchemy import create_engine, event, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.core.db import create_tables
+from app.core.db import is_unique_violation
 from app.core.errors import Conflict, NotFound
 from app.core.files import FILE_MODE, file_lock, private_dir, private_sqlite
-from app.registry import alerts as _alerts  # noqa: F401  (its tables: alerts, webhook endpoints and deliveries)
+from app.registry import schema
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security.audit import record_event
@@ -66,13 +66,20 @@ class ArtefactFilter:
 
 class RegistryStore:
     def __init__(self, db_url: str, photo_root: Path):
-        connect_args = {"check_same_thread": False, "timeout": 30} if db_url.startswith("sqlite") else {}
+        sqlite = db_url.startswith("sqlite")
+        connect_args = {"check_same_thread": False, "timeout": 30} if sqlite else {}
         private_sqlite(db_url)  # before SQLite creates the file: its -wal and -shm take the file's mode
-        self.engine = create_engine(db_url, connect_args=connect_args)
-        if db_url.startswith("sqlite"):
+        # A server database (PostgreSQL) may restart or drop idle connections: each is checked when taken.
+        self.engine = create_engine(db_url, connect_args=connect_args, pool_pre_ping=not sqlite)
+        if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        # The registry's tables and, through record_event's module, those of the keys and the audit trail.
-        create_tables(self.engine)
+        # Every table of the registry database (keys, audit trail, archive, alerts too), at this code's revision:
+        # upgraded when the database is behind, refused when it is ahead (app.registry.schema).
+        try:
+            schema.ensure_current(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.photos = PhotoStore(photo_root)
         self._write_lock_path = self.photos.root / ".write.lock"
@@ -80,7 +87,8 @@ class RegistryStore:
     @contextmanager
     def photo_writes(self, exclusive: bool = False):
         """Held shared from writing photo files until their rows commit; held exclusive to delete
-        files, so a file is never judged unreferenced while a writer is between file and commit."""
+        files, so a file is never judged unreferenced while a writer is between file and commit. A file lock
+        in the photo folder itself: it binds every process that writes there, whatever the database."""
         private_dir(self.photos.root)
         with file_lock(self._write_lock_path, shared=not exclusive):
             yield
@@ -118,7 +126,9 @@ class RegistryStore:
             for p in photos:
                 self.photos.put(p.data, p.sha256, p.format)
             with self.sessions.begin() as s:
-                artefact = s.get(Artefact, artefact_id)
+                # Locked (PostgreSQL; SQLite has one writer at a time anyway): two requests adding the same
+                # photo to one artefact, or a delete meanwhile, wait for each other instead of colliding.
+                artefact = s.get(Artefact, artefact_id, with_for_update=True)
                 if artefact is None:
                     raise NotFound(f"No artefact with id {artefact_id}.")
                 stored = self._attach_photos(s, artefact, photos, fingerprint)
@@ -215,7 +225,7 @@ class RegistryStore:
 
     def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
         with self.sessions.begin() as s:
-            artefact = s.get(Artefact, artefact_id)
+            artefact = s.get(Artefact, artefact_id, with_for_update=True)
             if artefact is None:
                 raise NotFound(f"No artefact with id {artefact_id}.")
             for key, value in changes.items():
@@ -223,7 +233,7 @@ class RegistryStore:
             try:
                 s.flush()
             except IntegrityError as exc:
-                if "UNIQUE" not in str(exc.orig).upper():
+                if not is_unique_violation(exc):
                     raise  # not a duplicate: schemas.ArtefactUpdate should have refused it
                 raise Conflict("Another artefact of this institution has that inventory number.") from exc
             record_event(s, "artefact.update", artefact_id=artefact_id, details={"changes": changes})
@@ -232,9 +242,9 @@ class RegistryStore:
     def delete_artefact(self, artefact_id: int) -> list[int]:
         """Delete the artefact and its photos; returns the deleted photo ids."""
         with self.sessions.begin() as s:
-            artefact = s.scalar(
-                select(Artefact).options(selectinload(Artefact.photos)).where(Artefact.id == artefact_id)
-            )
+            # Locked first (PostgreSQL), then its photos read: a photo added meanwhile is either committed and
+            # listed here, or waits for this delete and finds no artefact.
+            artefact = s.scalar(select(Artefact).where(Artefact.id == artefact_id).with_for_update())
             if artefact is None:
                 raise NotFound(f"No artefact with id {artefact_id}.")
             gone = [(p.id, p.sha256, p.format) for p in artefact.photos]
@@ -333,6 +343,25 @@ class RegistryStore:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vecs = np.stack([np.frombuffer(r[2], dtype="<f4") for r in rows]).astype(np.float32)
         return ids, vecs
+
+    def vectors_of(self, fingerprint: str, photo_ids: list[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of one model for some photos (photo id -> float32 vector)."""
+        with self.sessions() as s:
+            rows = s.execute(select(Embedding.photo_id, Embedding.vector).where(
+                Embedding.model_fingerprint == fingerprint, Embedding.photo_id.in_(photo_ids)))
+            return {pid: np.frombuffer(blob, dtype="<f4").astype(np.float32) for pid, blob in rows}
+
+    def photos_after(self, photo_id: int, limit: int = 500, since: dt.datetime | None = None) -> list[Photo]:
+        """Photos with an id above ``photo_id`` (ids only grow: the photos added since), oldest first."""
+        with self.sessions() as s:
+            query = select(Photo).where(Photo.id > photo_id)
+            if since is not None:
+                query = query.where(Photo.created_at >= since)
+            return list(s.scalars(query.order_by(Photo.id).limit(limit)))
+
+    def last_photo_id(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.max(Photo.id))) or 0)
 
     def vector_ids(self, fingerprint: str) -> np.ndarray:
         """Ids of the photos that have a vector of this model, ascending (no vectors read)."""

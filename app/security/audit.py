@@ -3,7 +3,9 @@
 Registry changes are recorded by the store inside the transaction that makes them (a change and its
 record commit together or not at all); searches are recorded by whoever runs them (API, CLI) with
 the query photo's SHA-256, the results with scores and verdicts, the model fingerprint and the index
-version. There is no code path that updates or deletes an event, and on SQLite triggers refuse it.
+version. There is no code path that updates or deletes an event, and database triggers refuse it (SQLite and
+PostgreSQL: ``app/migrations/append_only.py``; on PostgreSQL the service's role may not even try,
+deploy/postgres-roles.sql).
 """
 
 from __future__ import annotations

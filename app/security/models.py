@@ -27,7 +27,7 @@ class ApiKey(Base):
 
 class AuditEvent(Base):
     """One search or registry change. Append-only: nothing in the code updates or deletes a row, and
-    on SQLite triggers refuse it (``app.core.db``)."""
+    triggers refuse it, on SQLite and PostgreSQL (``app/migrations/append_only.py``)."""
 
     __tablename__ = "audit_events"
     __table_args__ = {"info": {APPEND_ONLY: ("id",)}}

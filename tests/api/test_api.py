@@ -11,6 +11,9 @@ from app.jobs.demo import seed_demo
 from app.main import create_app
 from tests.conftest import bearer, coin_query, jpeg_bytes, png_bytes, random_photo
 
+# Each test runs on SQLite and on PostgreSQL (tests/conftest.py, tests/pg.py).
+pytestmark = pytest.mark.databases
+
 
 @pytest.fixture
 def client(settings, service, make_key):

@@ -12,6 +12,9 @@ from app.security.models import ApiKey
 from app.service import PhotoInput
 from tests.conftest import ROLES, bearer, jpeg_bytes, random_photo
 
+# Each test runs on SQLite and on PostgreSQL (tests/conftest.py, tests/pg.py).
+pytestmark = pytest.mark.databases
+
 WRITERS = {"admin", "registrar"}
 
 # Every endpoint and the roles that may call it. Officers and monitors reach records and photos only
@@ -380,7 +383,7 @@ def test_auth_off_acts_as_admin_without_a_key(settings, service):
         assert client.get("/v1/keys").status_code == 200
 
 
-def test_cli_keys_create_list_revoke(tmp_path, monkeypatch):
+def test_cli_keys_create_list_revoke(tmp_path, monkeypatch, db_env):
     from typer.testing import CliRunner
 
     from app.cli import app as cli_app

@@ -20,6 +20,9 @@ from app.registry.store import ArtefactFilter, RegistryStore
 from app.service import MatchingService, PhotoInput
 from tests.conftest import ROOT, jpeg_bytes, random_photo
 
+# Each test runs on SQLite and on PostgreSQL (tests/conftest.py, tests/pg.py).
+pytestmark = pytest.mark.databases
+
 ARTEFACTS = 100
 PHOTOS_EACH = 3  # 300 photos in all
 MIN_COMMITTED = 6  # artefacts each try commits before its kill may land
@@ -98,9 +101,21 @@ def _manifest(folder: Path) -> Path:
     return manifest
 
 
-def _db_state(data_dir: Path) -> tuple[int, set[str]]:
-    """(committed artefacts, photo files that no committed row references), read from outside."""
+def _db_state(data_dir: Path, database_url: str | None = None) -> tuple[int, set[str]]:
+    """(committed artefacts, photo files that no committed row references), read from outside: the SQLite file
+    in the data directory, or the PostgreSQL database ``database_url`` names."""
     files = [p.name for p in (data_dir / "photos").glob("??/*")]
+    if database_url is not None:
+        import psycopg
+
+        try:
+            with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as pg:
+                row = pg.execute("SELECT count(*) FROM artefacts").fetchone()
+                count = row[0] if row else 0
+                shas = {sha for (sha,) in pg.execute("SELECT sha256 FROM photos")}
+        except psycopg.Error:  # the tables are not there yet
+            return 0, set()
+        return count, {f for f in files if f.startswith(".tmp-") or f.split(".")[0] not in shas}
     try:
         with sqlite3.connect(f"file:{data_dir / 'registry.db'}?mode=ro", uri=True, timeout=1) as conn:
             count = conn.execute("SELECT count(*) FROM artefacts").fetchone()[0]
@@ -110,7 +125,8 @@ def _db_state(data_dir: Path) -> tuple[int, set[str]]:
     return count, {f for f in files if f.startswith(".tmp-") or f.split(".")[0] not in shas}
 
 
-def _import_until_killed_between_files_and_commit(manifest: Path, data_dir: Path, cwd: Path) -> int:
+def _import_until_killed_between_files_and_commit(manifest: Path, data_dir: Path, cwd: Path,
+                                                  database_url: str | None = None) -> int:
     """Run the import and SIGKILL it when photo files are written but their rows not yet committed.
 
     The window is a few milliseconds per artefact, so a try may kill just after the commit; it is
@@ -118,14 +134,17 @@ def _import_until_killed_between_files_and_commit(manifest: Path, data_dir: Path
     """
     env = {**os.environ, "HM_DATA_DIR": str(data_dir), "HM_MODEL": "efficientnet-lite0", "HM_DEVICE": "cpu",
            "HM_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("HM_DATABASE_URL", None)
+    if database_url is not None:
+        env["HM_DATABASE_URL"] = database_url
     for attempt in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "registry", "import", str(manifest)], env=env,
                                 cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 120
-            start_count = _db_state(data_dir)[0]
+            start_count = _db_state(data_dir, database_url)[0]
             while True:
-                count, orphans = _db_state(data_dir)
+                count, orphans = _db_state(data_dir, database_url)
                 if count >= start_count + MIN_COMMITTED and orphans:
                     break
                 assert proc.poll() is None, "the import ended before a kill landed mid-registration"
@@ -137,22 +156,22 @@ def _import_until_killed_between_files_and_commit(manifest: Path, data_dir: Path
                 proc.kill()
                 proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
-        if _db_state(data_dir)[1]:
+        if _db_state(data_dir, database_url)[1]:
             return attempt + 1
     raise AssertionError("no kill landed between writing photo files and committing their rows")
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_during_a_300_photo_import(tmp_path, encoder):
+def test_sigkill_during_a_300_photo_import(tmp_path, encoder, database_url):
     photos = tmp_path / "photos"
     photos.mkdir()
     manifest = _manifest(photos)
     data_dir = tmp_path / "data"
-    _import_until_killed_between_files_and_commit(manifest, data_dir, tmp_path)
-    assert _db_state(data_dir)[1], "the kill left orphan files for the restart to clean"
+    _import_until_killed_between_files_and_commit(manifest, data_dir, tmp_path, database_url)
+    assert _db_state(data_dir, database_url)[1], "the kill left orphan files for the restart to clean"
 
     settings = Settings(data_dir=data_dir, model="efficientnet-lite0", device="cpu", rate_limit_per_minute=0,
-                        auth_failures_per_minute=0)
+                        auth_failures_per_minute=0, database_url=database_url)
     service = MatchingService(settings, encoder=encoder).start()  # the restart
     try:
         artefacts, total = service.store.list_artefacts(ArtefactFilter(), 0, ARTEFACTS)
@@ -202,6 +221,8 @@ def legacy_registry(settings):
     return settings
 
 
+@pytest.mark.sqlite_only("a registry made before ids stopped being reused is a SQLite file of an old release: "
+                         "PostgreSQL's sequences never gave an id twice")
 def test_a_delete_never_unindexes_another_workers_new_photo(legacy_registry, encoder):
     """Worker A deletes an artefact; between A's commit and A's index update, worker B registers one
     whose photo gets the deleted photo's id. B's photo must stay indexed and searchable."""

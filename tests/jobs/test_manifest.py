@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from app.jobs.manifest import export_manifest, import_manifest
 from tests.conftest import jpeg_bytes, png_bytes, random_photo
+
+# Each test runs on SQLite and on PostgreSQL (tests/conftest.py, tests/pg.py).
+pytestmark = pytest.mark.databases
 
 
 def write_photos(folder, n):
@@ -68,7 +73,8 @@ def test_csv_import_with_pipe_separated_photos_and_updates(tmp_path, service):
     assert art.title == "Silver coin" and art.diameter == 1.9 and len(art.photos) == 3
 
 
-def test_export_then_import_into_an_empty_registry_gives_the_same_registry(tmp_path, service, settings, encoder):
+def test_export_then_import_into_an_empty_registry_gives_the_same_registry(tmp_path, service, settings, encoder,
+                                                                          other_database):
     from app.service import MatchingService, PhotoInput
 
     service.register_artefact({"inventory_number": "E-1", "institution": "I", "title": "Jar", "weight": 1.5,
@@ -79,7 +85,8 @@ def test_export_then_import_into_an_empty_registry_gives_the_same_registry(tmp_p
         out = tmp_path / fmt / f"export.{fmt}"
         out.parent.mkdir()
         assert export_manifest(service, out) == 1
-        other = MatchingService(settings.model_copy(update={"data_dir": tmp_path / f"new-{fmt}"}),
+        other = MatchingService(settings.model_copy(update={"data_dir": tmp_path / f"new-{fmt}",
+                                                            "database_url": other_database()}),
                                 encoder=encoder).start()
         report = import_manifest(other, out)
         assert report.created == 1 and not report.errors
@@ -119,7 +126,7 @@ def test_a_manifest_that_is_not_utf8_is_refused_whole_with_its_line(tmp_path, se
         list(read_rows(tmp_path / "m.csv"))
 
 
-def test_cli_import_of_a_latin1_manifest_says_what_to_do(tmp_path, settings):
+def test_cli_import_of_a_latin1_manifest_says_what_to_do(tmp_path, settings, db_env):
     import os
     import subprocess
     import sys
@@ -129,7 +136,7 @@ def test_cli_import_of_a_latin1_manifest_says_what_to_do(tmp_path, settings):
     manifest = tmp_path / "m.jsonl"
     line = '{"inventory_number": "L-1", "title": "Jarre décorée", "photos": ["p.jpg"]}\n'
     manifest.write_bytes(line.encode("cp1252"))
-    env = {**os.environ, "HM_DATA_DIR": str(settings.data_dir), "HM_MODEL": "efficientnet-lite0"}
+    env = {**os.environ, "HM_DATA_DIR": str(settings.data_dir), "HM_MODEL": "efficientnet-lite0", **db_env}
     run = subprocess.run([sys.executable, "-m", "app.cli", "registry", "import", str(manifest)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     said = " ".join((run.stderr + run.stdout).split())

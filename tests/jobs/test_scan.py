@@ -19,25 +19,55 @@ import pytest
 
 from app.core.config import Settings
 from app.jobs.scan.runner import ScanOptions, ScanRefused, run_scan
-from tests.conftest import ROOT, coin_query, jpeg_bytes, random_photo
+from tests.conftest import DATABASES, ROOT, coin_query, jpeg_bytes, random_photo
 
 COINS = 8  # registered coins photographed for listings
 DISTRACTORS = 6  # unregistered objects
 HOSTILE_TITLE = "Ancient coin <script>alert('x')</script> & \"more\""
 
 
+def pytest_generate_tests(metafunc):
+    """The scans marked ``databases`` run on a SQLite and on a PostgreSQL registry, the others on SQLite: Ray and
+    the kill-and-resume exercise the scan engine, not the database, and would add minutes."""
+    if "scan_db" in metafunc.fixturenames:
+        databases = DATABASES if metafunc.definition.get_closest_marker("databases") else DATABASES[:1]
+        metafunc.parametrize("scan_db", databases, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, encoder):
+def scan_db(request):
+    """The registry database of the module's registry: None (SQLite in its data directory), or PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.fresh_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, encoder, scan_db):
     """The 24 demo coins registered once for the module (scans only read the registry)."""
     from app.jobs.demo import seed_demo
     from app.service import MatchingService
 
     root = tmp_path_factory.mktemp("registry")
-    settings = Settings(data_dir=root / "data", models_dir=root / "models", model="efficientnet-lite0", device="cpu")
+    settings = Settings(data_dir=root / "data", models_dir=root / "models", model="efficientnet-lite0", device="cpu",
+                        database_url=scan_db)
     svc = MatchingService(settings, encoder=encoder).start()
     assert seed_demo(svc) == 24
     svc.close()
     return settings
+
+
+def registry_env(registry: Settings) -> dict[str, str]:
+    """The environment a scan command needs to open ``registry``."""
+    env = {"HM_DATA_DIR": str(registry.data_dir), "HM_MODELS_DIR": str(registry.models_dir),
+           "HM_MODEL": "efficientnet-lite0", "HM_DEVICE": "cpu"}
+    if registry.database_url:
+        env["HM_DATABASE_URL"] = registry.database_url
+    return env
 
 
 @pytest.fixture
@@ -92,6 +122,7 @@ def output_files(out: Path) -> dict[str, bytes]:
     return {name: (out / name).read_bytes() for name in ("matches.jsonl", "errors.jsonl", "matches.csv", "report.html")}
 
 
+@pytest.mark.databases
 def test_scan_finds_coins_reports_errors_and_writes_a_safe_report(dump, registry, scan_service, coins, tmp_path):
     out = tmp_path / "out"
     summary = run_scan(ScanOptions(dump=dump, out=out, workers=1), registry, service=scan_service)
@@ -251,8 +282,7 @@ def test_kill_and_resume_gives_the_outputs_of_an_uninterrupted_run(registry, sca
     run_scan(ScanOptions(dump=dump, out=clean, workers=1), registry, service=scan_service)
 
     out = tmp_path / "killed"
-    env = {**os.environ, "HM_DATA_DIR": str(registry.data_dir), "HM_MODELS_DIR": str(registry.models_dir),
-           "HM_MODEL": "efficientnet-lite0", "HM_DEVICE": "cpu"}
+    env = {**{k: v for k, v in os.environ.items() if k != "HM_DATABASE_URL"}, **registry_env(registry)}
     cmd = [sys.executable, "-m", "app.cli", "scan", str(dump), "--out", str(out), "--workers", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_log = out / "scan-done.log"
@@ -326,15 +356,16 @@ def test_fetch_downloads_url_photos_from_a_local_server(dump, registry, scan_ser
     assert got == expected and len(got) == 3
 
 
+@pytest.mark.databases
 def test_scan_command_line(dump, registry, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from app.cli import app
     from app.core.config import get_settings
 
-    monkeypatch.setenv("HM_DATA_DIR", str(registry.data_dir))
-    monkeypatch.setenv("HM_MODELS_DIR", str(registry.models_dir))
-    monkeypatch.setenv("HM_MODEL", "efficientnet-lite0")
+    monkeypatch.delenv("HM_DATABASE_URL", raising=False)
+    for name, value in registry_env(registry).items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     runner = CliRunner()
     try:
@@ -352,6 +383,7 @@ def test_scan_command_line(dump, registry, tmp_path, monkeypatch):
         get_settings.cache_clear()
 
 
+@pytest.mark.databases
 def test_local_engine_keeps_a_bounded_number_of_groups_in_flight(dump, registry, scan_service):
     from app.jobs.scan.fetch import FetchPolicy
     from app.jobs.scan.pipeline import LocalEngine
@@ -393,6 +425,7 @@ def test_ray_actor_loads_the_model_once_for_the_whole_scan(dump, registry, tmp_p
     assert len(engines[0].model_loads) == 1
 
 
+@pytest.mark.databases
 def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service, coins, tmp_path, monkeypatch):
     """A kill after a group's rows were written but before the checkpoint recorded the group; on
     --resume the photo's site answers. Only the redone group's outcome may be in the outputs."""
@@ -446,6 +479,7 @@ def test_a_resume_keeps_only_the_recorded_attempt_of_a_redone_group(scan_service
     assert matches and {m["listing_id"] for m in matches} == {"L1"}
 
 
+@pytest.mark.databases
 def test_a_folder_scan_with_a_name_that_is_not_utf8_finishes_and_out_may_not_be_inside(scan_service, coins, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -16,7 +16,8 @@ APP = Path(__file__).resolve().parents[2] / "app"
 LAYERS: list[tuple[str, ...]] = [
     ("app", "app.core"),  # settings, errors, database base, files, JSON Lines, threads
     ("app.security",),  # roles, principals, API keys, the audit trail
-    ("app.registry",),  # records, photos, vectors (their changes are audited)
+    ("app.registry",),  # records, photos, vectors (their changes are audited), the schema
+    ("app.migrations",),  # the schema's revisions (Alembic), run by app.registry.schema by their folder
     ("app.embedding",),  # models and runtimes
     ("app.schemas",),  # what the service answers
     ("app.pipeline",),  # the search, stage by stage

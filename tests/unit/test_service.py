@@ -10,6 +10,9 @@ from app.pipeline.retrieve import INDEX_FILE, VectorIndex
 from app.service import MatchingService, PhotoInput
 from tests.conftest import jpeg_bytes, random_photo
 
+# Each test runs on SQLite and on PostgreSQL (tests/conftest.py, tests/pg.py).
+pytestmark = pytest.mark.databases
+
 
 def register(service, n, start=0):
     for i in range(start, start + n):

@@ -15,6 +15,9 @@ from app.security.keys import KeyStore
 from app.service import PhotoInput
 from tests.conftest import bearer, jpeg_bytes, random_photo
 
+# Each test runs on SQLite and on PostgreSQL (tests/conftest.py, tests/pg.py).
+pytestmark = pytest.mark.databases
+
 
 @pytest.fixture
 def trail(service):
@@ -76,13 +79,20 @@ def test_the_trail_refuses_update_and_delete(service, trail):
     service.register_artefact({"inventory_number": "T-1"}, [PhotoInput(photo)])
     trail.record_search(service.search(photo))
     first = _events(trail)[0]["id"]
-    for statement in ("UPDATE audit_events SET key_name = 'someone else'", "DELETE FROM audit_events",
-                      "DELETE FROM audit_results",
-                      # REPLACE deletes the old row without firing DELETE triggers: refused as well.
-                      f"INSERT OR REPLACE INTO audit_events (id, at, key_name, action, outcome) "
-                      f"VALUES ({first}, '2020-01-01', 'nobody', 'noop', 'ok')",
-                      "REPLACE INTO audit_results (audit_id, rank, artefact_id, score, verdict) "
-                      "SELECT audit_id, rank, 999, 0.0, 'no_match' FROM audit_results"):
+    statements = ["UPDATE audit_events SET key_name = 'someone else'", "DELETE FROM audit_events",
+                  "DELETE FROM audit_results"]
+    if service.store.engine.dialect.name == "sqlite":
+        # REPLACE deletes the old row without firing DELETE triggers: refused as well.
+        statements += [f"INSERT OR REPLACE INTO audit_events (id, at, key_name, action, outcome) "
+                       f"VALUES ({first}, '2020-01-01', 'nobody', 'noop', 'ok')",
+                       "REPLACE INTO audit_results (audit_id, rank, artefact_id, score, verdict) "
+                       "SELECT audit_id, rank, 999, 0.0, 'no_match' FROM audit_results"]
+    else:  # PostgreSQL: TRUNCATE skips row triggers, and an upsert is an UPDATE
+        statements += ["TRUNCATE audit_results", "TRUNCATE audit_events CASCADE",
+                       f"INSERT INTO audit_events (id, at, key_name, role, action, outcome) "
+                       f"VALUES ({first}, '2020-01-01', 'nobody', 'admin', 'noop', 'ok') "
+                       "ON CONFLICT (id) DO UPDATE SET key_name = EXCLUDED.key_name"]
+    for statement in statements:
         with pytest.raises(sqlalchemy.exc.IntegrityError, match="append-only"):
             with service.store.engine.begin() as conn:
                 conn.execute(sqlalchemy.text(statement))
@@ -90,7 +100,7 @@ def test_the_trail_refuses_update_and_delete(service, trail):
     assert not [n for n in dir(AuditLog) if n.startswith(("update", "delete", "remove"))]
 
 
-def test_cli_import_and_search_are_audited_and_exported(tmp_path, monkeypatch):
+def test_cli_import_and_search_are_audited_and_exported(tmp_path, monkeypatch, db_env):
     from typer.testing import CliRunner
 
     from app.cli import app as cli_app
