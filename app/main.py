@@ -19,6 +19,8 @@ from app.core.threads import apply_thread_limits, intra_op_threads
 from app.embedding import create_serving_encoder
 from app.http.errors import SEARCH_PATH, install_error_handlers
 from app.http.middleware import AuditRefusedSearches, Authenticate, BodySizeLimit, SecurityHeaders
+from app.jobs.archive import ListingArchive
+from app.jobs.retrohunt import RetroHunter
 from app.jobs.webhooks import WebhookDispatcher
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
@@ -51,6 +53,11 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         # raised them; a delivery pending at the last stop is sent now.
         app.state.webhook_dispatcher = WebhookDispatcher(app.state.service.settings,
                                                          app.state.service.store.sessions).start()
+        # Monitors' searches that name their listing go into the listings archive (one writer per process).
+        app.state.listing_archive = ListingArchive.for_service(app.state.service) if settings.archive else None
+        # Photos registered by any process are searched in the listings archive in the background.
+        app.state.retrohunter = RetroHunter(app.state.service, on_alert=app.state.webhook_dispatcher.wake).start()
+        app.state.service.photo_listeners.append(app.state.retrohunter.wake)
         if not settings.auth:
             log.warning("HM_AUTH=false: every request acts as an admin without a key. "
                         "Use on a single-user machine only.")
@@ -60,6 +67,9 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         log.info("heritage-match ready: model %s, %d vectors", app.state.service.fingerprint,
                  app.state.service.index.count if app.state.service.index else 0)
         yield
+        app.state.retrohunter.stop()
+        if app.state.listing_archive is not None:
+            app.state.listing_archive.close()
         app.state.webhook_dispatcher.stop()
         if owned:
             close_encoder = getattr(app.state.service.encoder, "close", None)

@@ -49,6 +49,8 @@ class MatchingService:
         self.device = self.encoder.device
         self.shared_index = SharedIndex(settings.data_dir, ann_min_vectors=settings.index_ann_min_vectors)
         self.searcher = PhotoSearch(settings, self.store, self.encoder, self.shared_index.get)
+        # Told the ids of photos this process registered, after they are indexed (the server's retro-hunt).
+        self.photo_listeners: list[Callable[[list[int]], object]] = []
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -213,6 +215,8 @@ class MatchingService:
             return index
 
         self.shared_index.modify(add)
+        for listener in self.photo_listeners:
+            listener([pid for pid, _ in pairs])
 
     def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
         changes = ArtefactUpdate.model_validate(changes).model_dump(exclude_unset=True)

@@ -16,6 +16,13 @@ data directory, then measures
 and prints them with the ratios scan / raw embedding and scan / search path. The photos are deleted
 afterwards (``--keep`` keeps them).
 
+``--archive-compare ROUNDS`` measures instead what the listings archive costs a scan: the same dump
+scanned with ``HM_ARCHIVE`` off and on, alternating, ROUNDS times each, each scan on a fresh registry
+(so every photo is new to the archive: its copy, vector and rows are all written), and prints the
+median throughput ratio on / off.
+
+    .venv/bin/python -m scripts.scan_benchmark --images 300 --archive-compare 3
+
     .venv/bin/python -m scripts.scan_benchmark --images 500 --model efficientnet-lite0
     .venv/bin/python -m scripts.scan_benchmark --images 500 --model clip-random   # ViT-B-32, random weights
 """
@@ -152,6 +159,8 @@ def main() -> None:
     parser.add_argument("--no-regions", action="store_true",
                         help="search the whole frame only (HM_REGION_PROPOSALS=false)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the generated dump in this folder")
+    parser.add_argument("--archive-compare", type=int, default=0, metavar="ROUNDS",
+                        help="measure scans with the listings archive off and on instead (ROUNDS each)")
     add_json_option(parser, None)
     args = parser.parse_args()
 
@@ -171,6 +180,12 @@ def main() -> None:
             size = build_dump(dump, args.images, os.cpu_count() or 2)
             print(f"built {args.images} JPEGs of {PHONE[0]}x{PHONE[1]} ({size / args.images / 1e6:.1f} MB each) "
                   f"in {time.perf_counter() - t0:.0f} s")
+        if args.archive_compare:
+            result = archive_compare(dump, tmp, model, args)
+            print(json.dumps(result))
+            if args.json:
+                write_json(args.json, result)
+            return
         settings = Settings(data_dir=tmp / "data", models_dir=tmp / "models", model=model, device="cpu",
                             region_proposals=not args.no_regions)
         service = MatchingService(settings).start()
@@ -207,6 +222,43 @@ def main() -> None:
             write_json(args.json, result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def archive_compare(dump: Path, tmp: Path, model: str, args) -> dict:
+    """Scans of one dump with the listings archive off and on, alternating, each on a fresh registry."""
+    from app.core.config import Settings
+    from app.jobs.demo import seed_demo
+    from app.jobs.scan.runner import ScanOptions, run_scan
+    from app.service import MatchingService
+
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    shares: list[float] = []  # of each archiving scan's time, the part spent recording (same run: noise-free)
+    for r in range(args.archive_compare):
+        for archive in (False, True):
+            where = tmp / f"run-{r}-{int(archive)}"
+            settings = Settings(data_dir=where / "data", models_dir=tmp / "models", model=model, device="cpu",
+                                region_proposals=not args.no_regions, archive=archive)
+            service = MatchingService(settings).start()
+            seed_demo(service)
+            summary = run_scan(ScanOptions(dump=dump, out=where / "out", workers=args.workers), settings,
+                               service=service)
+            service.close()
+            rates[archive].append(summary.images_per_s)
+            print(f"round {r + 1}, archive {'on ' if archive else 'off'}: {summary.images_per_s:.2f} images/s "
+                  f"({summary.images} images, {summary.archived_this_run} archived; {summary.archive_s:.2f} s of "
+                  f"{summary.wall_s:.1f} s recording the archive and alerts)")
+            if archive:
+                shares.append(summary.archive_s / summary.wall_s)
+            shutil.rmtree(where, ignore_errors=True)
+    ratios = [on / off for off, on in zip(rates[False], rates[True])]
+    print(f"archive on / off: median {float(np.median(ratios)):.1%} (each round: "
+          + ", ".join(f"{x:.1%}" for x in ratios) + ")")
+    print(f"time spent recording, share of the archiving scan: median {float(np.median(shares)):.1%}, so the "
+          f"scan keeps at least {1 - float(np.max(shares)):.1%} of its throughput")
+    return {"images": args.images, "model_spec": args.model, "rounds": args.archive_compare,
+            "images_per_s_off": rates[False], "images_per_s_on": rates[True],
+            "ratios_on_off": [round(x, 3) for x in ratios], "median_ratio": round(float(np.median(ratios)), 3),
+            "recording_shares": [round(x, 4) for x in shares]}
 
 
 if __name__ == "__main__":

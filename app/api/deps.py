@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from fastapi.params import Depends as DependsParam
 
 from app.http.requests import DB_ID_MAX, get_audit, get_service, require, row_id
+from app.jobs.archive import ListingArchive
 from app.registry.alerts import AlertStore, WebhookStore
 from app.schemas import ErrorResponse
 from app.security.actor import Principal
@@ -45,6 +46,13 @@ Searcher = Annotated[Principal, Depends(require(Permission.search))]
 ArtefactReader = Annotated[Principal, Depends(require(Permission.read_any_artefact, Permission.read_matched_artefact))]
 PhotoViewer = Annotated[Principal, Depends(require(Permission.read_any_photo, Permission.read_matched_photo,
                                                    Permission.thumb_matched_photo))]
+
+
+def get_archive(request: Request) -> ListingArchive | None:
+    return getattr(request.app.state, "listing_archive", None)
+
+
+ArchiveDep = Annotated[ListingArchive | None, Depends(get_archive)]  # None: HM_ARCHIVE=false
 
 
 def get_alerts(service: ServiceDep) -> AlertStore:

@@ -71,6 +71,8 @@ class DecodedImage:
     analysis: PhotoAnalysis | None = None
     # Salt-and-pepper noise was found and cleaned (``remove_impulse_noise``): ``image`` is the cleaned one.
     denoised: bool = False
+    # The photo's bytes, carried only where they are to be kept (a scan with HM_ARCHIVE_KEEP_FULL).
+    original: bytes | None = None
 
 
 def decode_image(

@@ -327,6 +327,11 @@ class AlertStore:
             rows = s.scalars(query.order_by(Alert.id.desc()).offset(offset).limit(limit)).all()
             return list(rows), int(total or 0)
 
+    def archive_photo_ids(self) -> set[int]:
+        """The archived listing photos some alert names: the archive's retention keeps them."""
+        with self.sessions() as s:
+            return set(s.scalars(select(Alert.archive_photo_id).where(Alert.archive_photo_id.is_not(None)).distinct()))
+
     def iter_all(self, status: str | None = None, batch: int = 500):
         """Every alert, oldest first, read in batches (exports)."""
         after = 0

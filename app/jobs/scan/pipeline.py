@@ -54,7 +54,7 @@ class LocalEngine:
             def finish_oldest():
                 group, futures = in_flight.popleft()
                 decoded = {key: f.result() for key, f in futures.items()}
-                emit(search_group(self.service, group, decoded, top_k, min_verdict))
+                emit(search_group(self.service, group, decoded, top_k, min_verdict, cfg.archive_copy_px))
 
             for group in groups:
                 futures = {(seq, i): pool.submit(_decode_in_worker, ref) for seq, i, ref in group.image_jobs()}

@@ -70,7 +70,8 @@ class RayEngine:
             .map_batches(
                 SearchActor, batch_size=1, batch_format="numpy", concurrency=self.actors,
                 num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor,
-                fn_constructor_kwargs={"settings": settings, "top_k": top_k, "min_verdict": min_verdict},
+                fn_constructor_kwargs={"settings": settings, "top_k": top_k, "min_verdict": min_verdict,
+                                       "archive_copy_px": cfg.archive_copy_px},
             )
         )
         for row in ds.iter_rows():
@@ -117,18 +118,20 @@ def _decode_row(row: dict, source: ImageSource, cfg: DecodeConfig) -> dict:
 class SearchActor:
     """One per actor: the model is loaded and the registry opened once, then groups stream through."""
 
-    def __init__(self, settings: dict, top_k: int, min_verdict: str):
+    def __init__(self, settings: dict, top_k: int, min_verdict: str, archive_copy_px: int | None = None):
         from app.service import MatchingService
 
         self.service = MatchingService(Settings.model_validate(settings)).start()
         self.top_k = top_k
         self.min_verdict = min_verdict
+        self.archive_copy_px = archive_copy_px
         self.load_id = uuid.uuid4().hex
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for payload in batch["payload"]:
             group, decoded = pickle.loads(payload)
-            results.append(search_group(self.service, group, decoded, self.top_k, self.min_verdict).dumps())
+            results.append(search_group(self.service, group, decoded, self.top_k, self.min_verdict,
+                                        self.archive_copy_px).dumps())
         return {"group": np.asarray(batch["group"]), "result": np.array(results, dtype=object),
                 "model_load": np.array([self.load_id] * len(results), dtype=object)}

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from app.core.config import Settings
 from app.core.errors import AppError
+from app.jobs.archive import ListingArchive
+from app.jobs.market import MarketRecorder
 from app.jobs.scan.checkpoint import PINNED, PINNED_LATER, Checkpoint, GroupStats
 from app.jobs.scan.fetch import FetchPolicy
 from app.jobs.scan.outputs import ERRORS, MATCHES, THUMBS, ScanOutputs, discard_unrecorded, finalize_rows
-from app.jobs.scan.reader import Dump, DumpError, open_dump
+from app.jobs.scan.reader import Dump, DumpError, Listing, open_dump
 from app.jobs.scan.report import write_report
 from app.jobs.scan.work import VERDICT_RANK, DecodeConfig, GroupResult, GroupStream
 from app.pipeline.decode import thumbnail_jpeg, working_side
+from app.registry.alerts import AlertStore
 
 if TYPE_CHECKING:  # imported at run time where they are used (the Ray engine needs ray installed)
     from app.jobs.scan.pipeline import LocalEngine
@@ -52,6 +55,8 @@ class ScanOptions:
     ray_actors: int = 1
     ray_gpus_per_actor: float = 0.0
     group_size: int = GROUP_SIZE
+    # `watch`: listings already in the listings archive (same platform and listing id) are not searched again.
+    skip_archived: bool = False
 
 
 @dataclass
@@ -67,6 +72,10 @@ class ScanSummary:
     wall_s: float = 0.0
     images_this_run: int = 0
     images_per_s: float = 0.0
+    archived_this_run: int = 0  # listing photos recorded in the listings archive (new or seen again)
+    alerts_this_run: int = 0  # new alerts raised for `match` candidates
+    archive_s: float = 0.0  # of wall_s, spent recording the archive and alerts (in the scan's main process)
+    skipped_archived: int = 0  # listings not searched: already in the archive (skip_archived)
 
     @property
     def errors(self) -> int:
@@ -104,6 +113,8 @@ def run_scan(options: ScanOptions, settings: Settings, service: MatchingService 
         raise ScanRefused(f"--min-verdict must be one of {', '.join(VERDICT_RANK)}")
     if options.engine not in ("local", "ray"):
         raise ScanRefused("--engine must be local or ray")
+    if options.skip_archived and (options.engine != "local" or not settings.archive):
+        raise ScanRefused("skipping archived listings needs the local engine and the listings archive (HM_ARCHIVE)")
     try:
         dump = open_dump(options.dump, settings.max_upload_bytes, settings.scan_max_line_kb * 1024,
                          settings.scan_max_images_per_listing)
@@ -138,8 +149,18 @@ def run_scan(options: ScanOptions, settings: Settings, service: MatchingService 
         checkpoint.write_state({**wanted, "finished": False})
         done = checkpoint.done()
         progress.start(dump.count(), sum(s.listings + s.row_errors for s in done.values()))
-        images_this_run = _scan(options, settings, service, dump, checkpoint, set(done), top_k, progress)
+        market = MarketRecorder(ListingArchive.for_service(service) if settings.archive else None,
+                                AlertStore(service.store.sessions), source=Path(options.dump).name,
+                                fingerprint=service.fingerprint)
+        try:
+            images_this_run, skipped = _scan(options, settings, service, dump, checkpoint, set(done), top_k, progress,
+                                             market)
+        finally:
+            market.close()
         summary = _finish(options, service, checkpoint, wanted, images_this_run, time.perf_counter() - t0)
+        summary.archived_this_run, summary.alerts_this_run = market.archived, market.alerts_raised
+        summary.archive_s = round(market.seconds, 3)
+        summary.skipped_archived = skipped
         # One audit event per scan run (not per photo: a dump may hold millions); the candidates
         # themselves are in the run's matches.jsonl.
         from app.security.audit import AuditLog
@@ -178,12 +199,14 @@ def _check_state(checkpoint: Checkpoint, wanted: dict, options: ScanOptions) -> 
 
 
 def _scan(options: ScanOptions, settings: Settings, service: MatchingService, dump: Dump, checkpoint: Checkpoint,
-          done: set[int], top_k: int, progress: Progress) -> int:
+          done: set[int], top_k: int, progress: Progress, market: MarketRecorder) -> tuple[int, int]:
     cfg = DecodeConfig(max_pixels=settings.max_image_pixels, min_side=working_side(service.encoder.preprocessing.size),
                        fetch=FetchPolicy(enabled=options.fetch, max_bytes=settings.max_upload_bytes,
                                          deadline_s=settings.fetch_deadline_s,
                                          allow_private=settings.fetch_allow_private),
-                       proposals=settings.region_proposals)
+                       proposals=settings.region_proposals,
+                       archive_copy_px=settings.archive_copy_px if market.archive is not None else None,
+                       archive_keep_full=settings.archive_keep_full)
     engine = _engine(options, settings, service)
     dropped = discard_unrecorded(options.out, done, options.group_size)
     if dropped:
@@ -195,18 +218,40 @@ def _scan(options: ScanOptions, settings: Settings, service: MatchingService, du
         nonlocal images
         stats: GroupStats = outputs.write_group(result)
         outputs.flush()
+        # Archive and alerts before the checkpoint: a kill in between means the group is seen again on
+        # --resume (the archive counts one extra sighting, the alerts are not raised twice), never lost.
+        market.record(result)
         checkpoint.record([stats])
         images += stats.images
         progress.advance(stats.listings + stats.row_errors, stats.images)
 
+    stream = GroupStream(Path(options.dump).resolve(), settings.max_upload_bytes, options.group_size,
+                         frozenset(done), dump.max_line_bytes, dump.max_images)
+    unarchived = UnarchivedListings(stream, market.archive) if options.skip_archived and market.archive else None
     try:
-        todo = GroupStream(Path(options.dump).resolve(), settings.max_upload_bytes, options.group_size,
-                           frozenset(done), dump.max_line_bytes, dump.max_images)
-        engine.run(todo, dump.source, cfg, top_k, options.min_verdict, emit)
+        engine.run(unarchived or stream, dump.source, cfg, top_k, options.min_verdict, emit)
     finally:
         outputs.close()
         checkpoint.close()
-    return images
+    return images, unarchived.skipped if unarchived else 0
+
+
+class UnarchivedListings:
+    """Groups without the listings the archive already holds (``watch``: a daily export repeats most of
+    yesterday's listings). Read in the scan's main process (the local engine)."""
+
+    def __init__(self, groups: GroupStream, archive: ListingArchive):
+        self.groups = groups
+        self.archive = archive
+        self.skipped = 0
+
+    def __iter__(self):
+        for group in self.groups:
+            kept = [it for it in group.items
+                    if not isinstance(it, Listing) or not self.archive.known_listing(
+                        it.fields.get("platform") or "", it.listing_id)]
+            self.skipped += len(group.items) - len(kept)
+            yield replace(group, items=kept)
 
 
 def _engine(options: ScanOptions, settings: Settings, service: MatchingService) -> LocalEngine | RayEngine:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+import numpy as np
+
 from app.core.errors import AppError
 from app.jobs.scan.fetch import FetchPolicy, fetch
 from app.jobs.scan.reader import MAX_IMAGES, MAX_LINE_BYTES, Listing, RowError, open_dump
@@ -36,6 +38,10 @@ class DecodeConfig:
     # decode worker, so the process that embeds does less; ``proposals`` follows HM_REGION_PROPOSALS.
     analyse: bool = True
     proposals: bool = True
+    # Listings archive on: the searching side keeps each photo's whole-frame vector and a downsized copy
+    # (longest side this many pixels) for the scan's main process to record; None: archive off.
+    archive_copy_px: int | None = None
+    archive_keep_full: bool = False  # ... and the photo's bytes (HM_ARCHIVE_KEEP_FULL)
 
 
 @dataclass
@@ -56,6 +62,13 @@ class ImageResult:
     error: str | None = None
     results: list[dict] = field(default_factory=list)  # SearchResult dicts at or above the minimum verdict
     thumb: bytes | None = None  # JPEG of the listing photo, kept only when it has candidates
+    # For the listings archive (DecodeConfig.archive_copy_px): the photo as decoded, a downsized copy, its vector.
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    copy: bytes | None = None
+    vector: np.ndarray | None = None
+    full: bytes | None = None  # the photo's bytes, with HM_ARCHIVE_KEEP_FULL
 
 
 @dataclass
@@ -126,6 +139,8 @@ def decode_ref(source: ImageSource, ref: str, cfg: DecodeConfig) -> tuple[Decode
         decoded = decode_image(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
         if cfg.analyse:
             decoded = replace(decoded, analysis=analyse_photo(decoded.image, cfg.proposals))
+        if cfg.archive_copy_px is not None and cfg.archive_keep_full:
+            decoded = replace(decoded, original=data)
         return decoded, None
     except ImageUnavailable as exc:
         return None, str(exc)
@@ -159,13 +174,20 @@ def decode_group(source: ImageSource, group: Group, cfg: DecodeConfig) -> dict[t
 
 
 def search_group(service: MatchingService, group: Group, decoded: dict[tuple[int, int], tuple], top_k: int,
-                 min_verdict: str) -> GroupResult:
-    """Search a group's decoded photos in one batch; results below ``min_verdict`` are dropped."""
+                 min_verdict: str, archive_copy_px: int | None = None) -> GroupResult:
+    """Search a group's decoded photos in one batch; results below ``min_verdict`` are dropped.
+
+    With ``archive_copy_px`` each searched photo also carries what the listings archive keeps of it.
+    """
     keys = [k for k, (img, _) in decoded.items() if img is not None]
     found: dict[tuple[int, int], list[dict] | str] = {}
+    vectors: dict[tuple[int, int], np.ndarray | None] = {}
     try:
-        responses = service.search_images([decoded[k][0] for k in keys], top_k) if keys else []
+        frame_vectors: list[np.ndarray | None] = []
+        responses = service.search_images([decoded[k][0] for k in keys], top_k,
+                                          frame_vectors=frame_vectors) if keys else []
         found.update({k: _kept(r, min_verdict) for k, r in zip(keys, responses)})
+        vectors.update(zip(keys, frame_vectors))
     except AppError:
         raise  # index missing or of another model: the whole scan must stop, not every photo fail
     except Exception:
@@ -189,6 +211,11 @@ def search_group(service: MatchingService, group: Group, decoded: dict[tuple[int
                 elif outcome:
                     res.results = outcome
                     res.thumb = thumbnail_jpeg(img.image, THUMB_SIDE, quality=80)
+                if archive_copy_px is not None and img is not None and res.error is None:
+                    res.width, res.height, res.format = img.width, img.height, img.format
+                    res.copy = thumbnail_jpeg(img.image, archive_copy_px, quality=85)
+                    res.vector = vectors.get((item.seq, i))
+                    res.full = img.original
                 lr.images.append(res)
         listings.append(lr)
     return GroupResult(group.number, listings)
