@@ -51,13 +51,11 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         app.state.audit = AuditLog(app.state.service.store.sessions)
         # New alerts go to the webhook endpoints from this thread only, never from the scan or request that
         # raised them; a delivery pending at the last stop is sent now.
-        app.state.webhook_dispatcher = WebhookDispatcher(app.state.service.settings,
-                                                         app.state.service.store.sessions).start()
+        app.state.webhook_dispatcher = WebhookDispatcher(app.state.service.settings, app.state.service.store.sessions)
         # Monitors' searches that name their listing go into the listings archive (one writer per process).
         app.state.listing_archive = ListingArchive.for_service(app.state.service) if settings.archive else None
         # Photos registered by any process are searched in the listings archive in the background.
-        app.state.retrohunter = RetroHunter(app.state.service, on_alert=app.state.webhook_dispatcher.wake).start()
-        app.state.service.photo_listeners.append(app.state.retrohunter.wake)
+        app.state.retrohunter = RetroHunter(app.state.service, on_alert=app.state.webhook_dispatcher.wake)
         if not settings.auth:
             log.warning("HM_AUTH=false: every request acts as an admin without a key. "
                         "Use on a single-user machine only.")
@@ -66,11 +64,19 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                         "`heritage-match keys create --name NAME --role officer`.")
         log.info("heritage-match ready: model %s, %d vectors", app.state.service.fingerprint,
                  app.state.service.index.count if app.state.service.index else 0)
-        yield
-        app.state.retrohunter.stop()
-        if app.state.listing_archive is not None:
-            app.state.listing_archive.close()
-        app.state.webhook_dispatcher.stop()
+        # The background threads start last and stop whatever happens, so none outlives its app.
+        try:
+            app.state.webhook_dispatcher.start()
+            app.state.retrohunter.start()
+            app.state.service.photo_listeners.append(app.state.retrohunter.wake)
+            yield
+        finally:
+            if app.state.retrohunter.wake in app.state.service.photo_listeners:
+                app.state.service.photo_listeners.remove(app.state.retrohunter.wake)
+            app.state.retrohunter.stop()
+            app.state.webhook_dispatcher.stop()
+            if app.state.listing_archive is not None:
+                app.state.listing_archive.close()
         if owned:
             close_encoder = getattr(app.state.service.encoder, "close", None)
             if close_encoder is not None:  # the micro-batcher finishes queued requests and stops its thread
