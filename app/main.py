@@ -50,12 +50,16 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
         app.state.keys = KeyStore(app.state.service.store.sessions)
         app.state.audit = AuditLog(app.state.service.store.sessions)
         # New alerts go to the webhook endpoints from this thread only, never from the scan or request that
-        # raised them; a delivery pending at the last stop is sent now.
-        app.state.webhook_dispatcher = WebhookDispatcher(app.state.service.settings, app.state.service.store.sessions)
+        # raised them; a delivery pending at the last stop is sent now. The threads are kept in locals too: two
+        # clients of one app (tests) run overlapping lifespans that share app.state, and each stops its own.
+        dispatcher = app.state.webhook_dispatcher = WebhookDispatcher(app.state.service.settings,
+                                                                      app.state.service.store.sessions)
         # Monitors' searches that name their listing go into the listings archive (one writer per process).
-        app.state.listing_archive = ListingArchive.for_service(app.state.service) if settings.archive else None
+        archive = app.state.listing_archive = (ListingArchive.for_service(app.state.service) if settings.archive
+                                               else None)
         # Photos registered by any process are searched in the listings archive in the background.
-        app.state.retrohunter = RetroHunter(app.state.service, on_alert=app.state.webhook_dispatcher.wake)
+        hunter = app.state.retrohunter = RetroHunter(app.state.service, on_alert=dispatcher.wake)
+        running = app.state.service
         if not settings.auth:
             log.warning("HM_AUTH=false: every request acts as an admin without a key. "
                         "Use on a single-user machine only.")
@@ -66,22 +70,22 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                  app.state.service.index.count if app.state.service.index else 0)
         # The background threads start last and stop whatever happens, so none outlives its app.
         try:
-            app.state.webhook_dispatcher.start()
-            app.state.retrohunter.start()
-            app.state.service.photo_listeners.append(app.state.retrohunter.wake)
+            dispatcher.start()
+            hunter.start()
+            running.photo_listeners.append(hunter.wake)
             yield
         finally:
-            if app.state.retrohunter.wake in app.state.service.photo_listeners:
-                app.state.service.photo_listeners.remove(app.state.retrohunter.wake)
-            app.state.retrohunter.stop()
-            app.state.webhook_dispatcher.stop()
-            if app.state.listing_archive is not None:
-                app.state.listing_archive.close()
+            if hunter.wake in running.photo_listeners:
+                running.photo_listeners.remove(hunter.wake)
+            hunter.stop()
+            dispatcher.stop()
+            if archive is not None:
+                archive.close()
         if owned:
-            close_encoder = getattr(app.state.service.encoder, "close", None)
+            close_encoder = getattr(running.encoder, "close", None)
             if close_encoder is not None:  # the micro-batcher finishes queued requests and stops its thread
                 close_encoder()
-            app.state.service.close()
+            running.close()
 
     # The docs pages' scripts are served from the package: posts without internet still get /docs.
     app = FastAPIOffline(
