@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -459,21 +458,16 @@ class SharedArchiveIndex(SharedIndex):
 
     # SharedIndex's hooks, on the archive's files
 
-    def _disk_stamp(self) -> tuple | None:
-        try:
-            st = os.stat(self.directory / (ARCHIVE_FILE + ".json"))
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    index_file = ARCHIVE_FILE
+
+    def _load(self) -> ArchiveIndex | None:
+        return ArchiveIndex.load(self.directory, self._fetch)
 
     def _refresh(self) -> None:
-        stamp = self._disk_stamp()
-        if stamp is not None and stamp != self._stamp:
-            loaded = ArchiveIndex.load(self.directory, self._fetch)
-            if loaded is not None:
-                loaded.ann_min_vectors = self.ann_min_vectors
-                self.current, self._stamp = loaded, stamp
-                self.unsaved = 0
+        before = self.current
+        super()._refresh()
+        if self.current is not before:  # another process's save replaced ours: nothing of it is unsaved here
+            self.unsaved = 0
 
     def _fetch(self, photo_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.store.vectors_of(self.fingerprint, photo_ids)

@@ -230,17 +230,22 @@ class SharedIndex:
         self._lock = threading.Lock()
         self._lock_path = self.directory / "index.lock"
 
+    index_file = INDEX_FILE  # whose manifest's stat tells a newer save (the archive's index has its own)
+
     def _disk_stamp(self) -> tuple | None:
         try:
-            st = os.stat(self.directory / (INDEX_FILE + ".json"))
+            st = os.stat(self.directory / (self.index_file + ".json"))
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
+    def _load(self) -> VectorIndex | None:
+        return VectorIndex.load(self.directory)
+
     def _refresh(self) -> None:
         stamp = self._disk_stamp()
         if stamp is not None and stamp != self._stamp:
-            loaded = VectorIndex.load(self.directory)
+            loaded = self._load()
             if loaded is not None:
                 loaded.ann_min_vectors = self.ann_min_vectors
                 self.current, self._stamp = loaded, stamp

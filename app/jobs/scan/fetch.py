@@ -184,34 +184,28 @@ def _arm(sock: socket.socket, deadline: float, idle: float) -> None:
     sock.settimeout(min(idle, left))
 
 
-class _DeadlineSocket(socket.socket):
-    """A socket whose every read waits at most for the download's time left."""
+class _DeadlineReads:
+    """Every read waits at most for the download's time left (mixed into a plain and a TLS socket;
+    ``http.client`` reads through ``recv_into``)."""
 
     deadline = 0.0
     idle = 0.0
 
     def recv_into(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self, self.deadline, self.idle)
-        return super().recv_into(*args, **kwargs)
+        _arm(self, self.deadline, self.idle)  # type: ignore[arg-type]  # always mixed into a socket
+        return super().recv_into(*args, **kwargs)  # type: ignore[misc]
 
     def recv(self, *args: Any, **kwargs: Any) -> bytes:
-        _arm(self, self.deadline, self.idle)
-        return super().recv(*args, **kwargs)
+        _arm(self, self.deadline, self.idle)  # type: ignore[arg-type]
+        return super().recv(*args, **kwargs)  # type: ignore[misc]
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The same for TLS (``http.client`` reads through ``recv_into``)."""
+class _DeadlineSocket(_DeadlineReads, socket.socket):
+    pass
 
-    deadline = 0.0
-    idle = 0.0
 
-    def recv_into(self, *args: Any, **kwargs: Any) -> int:
-        _arm(self, self.deadline, self.idle)
-        return super().recv_into(*args, **kwargs)
-
-    def recv(self, *args: Any, **kwargs: Any) -> bytes:
-        _arm(self, self.deadline, self.idle)
-        return super().recv(*args, **kwargs)
+class _DeadlineSSLSocket(_DeadlineReads, ssl.SSLSocket):
+    pass
 
 
 def _connect(addresses: list[Address], deadline: float, idle: float) -> _DeadlineSocket:
