@@ -136,7 +136,21 @@ class Settings(BaseSettings):
     )
     web_searches_kept: int = Field(
         default=200, ge=1, description="Web searches (query photo and results, for the results page and case report) "
-        "kept in the data directory's web-searches.db, shared by all server workers; the oldest go first."
+        "kept in the registry database, shared by all server workers and replicas; the oldest go first."
+    )
+    shared_rate_limits: bool | None = Field(
+        default=None, description="Keep the rate limits' counts in the registry database, so that a key's limit holds "
+        "across all replicas (default: on with PostgreSQL, where replicas share one database; off with SQLite, where "
+        "each server process counts in its memory)."
+    )
+    photo_store: Literal["files", "database"] = Field(
+        default="files", description="Where registry photos' bytes are kept: `files` (DATA_DIR/photos, one folder "
+        "every process must see) or `database` (the registry database: replicas on several machines need no shared "
+        "folder)."
+    )
+    follow_poll_s: float = Field(
+        default=1.0, gt=0, description="Servers: seconds between two reads of the registry's change feed, so that "
+        "changes made by other replicas reach this one's index (PostgreSQL also wakes it at once by NOTIFY)."
     )
     archive: bool = Field(
         default=True, description="Keep every listing photo that a scan (or a monitor's search naming its listing) "

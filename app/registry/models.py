@@ -1,5 +1,6 @@
-"""Database tables: artefacts (Object ID record), their photos, photo embeddings per model, and
-model-independent photo signatures (perceptual hash, colour, local features)."""
+"""Database tables: artefacts (Object ID record), their photos, photo embeddings per model,
+model-independent photo signatures (perceptual hash, colour, local features), and the photos' bytes when the
+photo store is the database (``HM_PHOTO_STORE=database``)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,16 @@ class PhotoSignature(Base):
     features: Mapped[bytes] = mapped_column(LargeBinary)
 
     photo: Mapped[Photo] = relationship(back_populates="signature")
+
+
+class PhotoBlob(Base):
+    """A photo's bytes, once per content (``HM_PHOTO_STORE=database``: replicas with no shared folder).
+
+    Written in the transaction that adds the photo's row, deleted in the one that removes its last row: a
+    photo and its rows are always together, with no lock beyond the database's own."""
+
+    __tablename__ = "photo_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    format: Mapped[str] = mapped_column(String(10))
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -28,8 +28,10 @@ from sqlalchemy.exc import DBAPIError
 
 import app.registry.alerts  # noqa: F401  (alerts, webhook endpoints and deliveries)
 import app.registry.archive  # noqa: F401  (the listings archive)
+import app.registry.changes  # noqa: F401  (the change feed replicas follow)
 import app.registry.models  # noqa: F401  (records, photos, vectors, signatures)
-import app.security.models  # noqa: F401  (API keys, the audit trail)
+import app.security.models  # noqa: F401  (API keys, the audit trail, shared secrets and rate limits)
+import app.web.models  # noqa: F401  (web searches kept for their pages, ended sessions)
 from app.core.db import Base
 from app.core.errors import AppError
 from app.core.files import file_lock

@@ -25,6 +25,7 @@ from app.core.db import is_unique_violation
 from app.core.errors import Conflict, NotFound
 from app.core.files import FILE_MODE, file_lock, private_dir, private_sqlite
 from app.registry import schema
+from app.registry.changes import INDEX_REBUILT, PHOTOS_ADDED, PHOTOS_REMOVED, record_change
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security.audit import record_event
@@ -118,6 +119,7 @@ class RegistryStore:
             record_event(s, "artefact.create", artefact_id=artefact.id, model_fingerprint=fingerprint, details={
                 "inventory_number": artefact.inventory_number, "institution": artefact.institution,
                 "photo_ids": [p.id for p in stored]})
+            record_change(s, PHOTOS_ADDED, [p.id for p in stored], fingerprint)
         return self.get_artefact(artefact.id)
 
     def add_photos(self, artefact_id: int, photos: list[NewPhoto], fingerprint: str | None) -> list[Photo]:
@@ -135,6 +137,7 @@ class RegistryStore:
                 ids = [p.id for p in stored]
                 record_event(s, "photo.add", artefact_id=artefact_id, model_fingerprint=fingerprint,
                              details={"photo_ids": ids})
+                record_change(s, PHOTOS_ADDED, ids, fingerprint)
         return self.photos_by_ids(ids)
 
     def _attach_photos(self, s: Session, artefact: Artefact, photos: list[NewPhoto], fingerprint: str | None):
@@ -252,6 +255,7 @@ class RegistryStore:
                 "inventory_number": artefact.inventory_number, "institution": artefact.institution,
                 "photo_ids": [pid for pid, _, _ in gone]})
             s.delete(artefact)
+            record_change(s, PHOTOS_REMOVED, [pid for pid, _, _ in gone])
         if gone:
             with self.photo_writes(exclusive=True):
                 for _, sha, fmt in gone:
@@ -390,7 +394,14 @@ class RegistryStore:
             for photo_id, vec in items:
                 if photo_id in alive:
                     s.merge(_embedding_row(photo_id, fingerprint, vec))
-            return [pid for pid, _ in items if pid in alive]
+            stored = [pid for pid, _ in items if pid in alive]
+            record_change(s, PHOTOS_ADDED, stored, fingerprint)
+            return stored
+
+    def record_index_rebuilt(self, fingerprint: str) -> None:
+        """Tell every replica to rebuild its index from the stored vectors of ``fingerprint``."""
+        with self.sessions.begin() as s:
+            record_change(s, INDEX_REBUILT, fingerprint=fingerprint)
 
     # --- signatures (perceptual hash, colour, local features) ----------------------------------
 

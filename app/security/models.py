@@ -60,3 +60,23 @@ class AuditResult(Base):
     photo_id: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
     verdict: Mapped[str] = mapped_column(String(20))
+
+
+class ServiceSecret(Base):
+    """A secret every replica must share (the key that signs web session cookies), made once by whichever
+    process needs it first, when no setting gives it."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RateBucket(Base):
+    """One key's token bucket, shared by every replica (``app.security.ratelimit.SharedRateLimiter``)."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # limiter name and key
+    tokens: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch, the database's clock
