@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from app.pipeline.decode import DecodedImage
 from app.pipeline.retrieve import SharedIndex, VectorIndex
 from app.pipeline.search import PhotoSearch
 from app.pipeline.signature import compute_signature
+from app.registry.changes import INDEX_REBUILT, PHOTOS_ADDED, PHOTOS_REMOVED, Change
 from app.registry.models import Artefact, Photo
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
 from app.schemas import ArtefactCreate, ArtefactUpdate, IndexRebuildReport, IndexStatus, ModelInfo, SearchResponse
@@ -51,6 +53,7 @@ class MatchingService:
         self.searcher = PhotoSearch(settings, self.store, self.encoder, self.shared_index.get)
         # Told the ids of photos this process registered, after they are indexed (the server's retro-hunt).
         self.photo_listeners: list[Callable[[list[int]], object]] = []
+        self.change_position = 0  # the change feed's position the index is known to include (set by start)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -58,6 +61,9 @@ class MatchingService:
         """Load the model, remove photo files an interrupted write left, make the index agree with the database."""
         self.encoder.load()
         self.store.remove_orphan_files()
+        # Read before reconciling: a follower (app.jobs.follow) applies every change from here on, so one committed
+        # while the index is built is applied again (harmless), never missed.
+        self.change_position = self.store.last_change_seq()
         self.reconcile_index()
         return self
 
@@ -143,6 +149,7 @@ class MatchingService:
 
         index = self.shared_index.modify(rebuild)
         assert index is not None  # rebuild always returns an index
+        self.store.record_index_rebuilt(active)  # other replicas make theirs agree with the stored vectors too
         missing = len(self.store.photos_missing_vectors(active))
         return IndexRebuildReport(fingerprint=active, vectors=index.count, embedded=embedded, failed=failed,
                                   missing=missing, version=index.version)
@@ -211,12 +218,49 @@ class MatchingService:
         def add(index: VectorIndex | None) -> VectorIndex | None:
             if index is None or index.fingerprint != active:
                 return None  # stale index: the vectors are stored, `index rebuild` picks them up
-            index.add(np.array([i for i, _ in pairs]), np.stack([v for _, v in pairs]))
+            # Another replica may have deleted the artefact since our commit, and this process's follower removed
+            # its photos from the index already: adding them now would leave them there for good.
+            alive = self.store.photo_owner_map([pid for pid, _ in pairs])
+            kept = [(pid, vec) for pid, vec in pairs if pid in alive]
+            if not kept:
+                return None
+            index.add(np.array([i for i, _ in kept]), np.stack([v for _, v in kept]))
             return index
 
         self.shared_index.modify(add)
         for listener in self.photo_listeners:
             listener([pid for pid, _ in pairs])
+
+    def apply_changes(self, changes: list[Change]) -> None:
+        """Make the index include registry changes, whichever process made them (``app.jobs.follow``). Each is
+        idempotent, so one this process made itself, or applied before, changes nothing."""
+        active = self.fingerprint
+        for change in changes:
+            if change.kind == INDEX_REBUILT and change.fingerprint == active:
+                self.reconcile_index()  # rebuilds only when the index and the stored vectors differ
+            elif change.kind == PHOTOS_ADDED and change.fingerprint == active:
+                self.shared_index.modify(partial(self._add_stored, change.photo_ids))
+            elif change.kind == PHOTOS_REMOVED:
+                self.shared_index.modify(partial(self._remove_gone, change.photo_ids))
+            self.change_position = max(self.change_position, change.seq)
+
+    def _add_stored(self, photo_ids: list[int], index: VectorIndex | None) -> VectorIndex | None:
+        """Add the stored vectors of photos the index lacks (None: nothing to add)."""
+        if index is None or index.fingerprint != self.fingerprint:
+            return None
+        todo = np.setdiff1d(np.asarray(photo_ids, np.int64), index.ids())
+        vectors = self.store.vectors_of(self.fingerprint, [int(i) for i in todo]) if len(todo) else {}
+        if not vectors:
+            return None  # already indexed, or deleted since (their vectors went with them)
+        index.add(np.fromiter(vectors, np.int64, len(vectors)), np.stack(list(vectors.values())))
+        return index
+
+    def _remove_gone(self, photo_ids: list[int], index: VectorIndex | None) -> VectorIndex | None:
+        """Remove photos no row has any more (ids are never reused, but a registry made before that may)."""
+        if index is None:
+            return None
+        reused = self.store.photo_owner_map(photo_ids)
+        return index if index.remove([pid for pid in photo_ids if pid not in reused]) else None
 
     def update_artefact(self, artefact_id: int, changes: dict) -> Artefact:
         changes = ArtefactUpdate.model_validate(changes).model_dump(exclude_unset=True)
@@ -224,15 +268,9 @@ class MatchingService:
 
     def delete_artefact(self, artefact_id: int) -> None:
         photo_ids = self.store.delete_artefact(artefact_id)
-
-        def remove(index: VectorIndex | None) -> VectorIndex | None:
-            # Only ids no photo row has now: in a registry made before ids stopped being reused, another
-            # worker may have given a deleted id to its new photo and indexed it since our commit.
-            reused = self.store.photo_owner_map(photo_ids)
-            gone = [pid for pid in photo_ids if pid not in reused]
-            return index if index is not None and index.remove(gone) else None
-
-        self.shared_index.modify(remove)
+        # Only ids no photo row has now: in a registry made before ids stopped being reused, another
+        # worker may have given a deleted id to its new photo and indexed it since our commit.
+        self.shared_index.modify(partial(self._remove_gone, photo_ids))
 
     def list_artefacts(self, flt: ArtefactFilter, offset: int, limit: int):
         return self.store.list_artefacts(flt, offset, limit)

@@ -25,7 +25,16 @@ from app.core.db import is_unique_violation
 from app.core.errors import Conflict, NotFound
 from app.core.files import FILE_MODE, file_lock, private_dir, private_sqlite
 from app.registry import schema
-from app.registry.changes import INDEX_REBUILT, PHOTOS_ADDED, PHOTOS_REMOVED, record_change
+from app.registry.changes import (
+    INDEX_REBUILT,
+    PHOTOS_ADDED,
+    PHOTOS_REMOVED,
+    Change,
+    changes_after,
+    last_seq,
+    purge_before,
+    record_change,
+)
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import PhotoStore
 from app.security.audit import record_event
@@ -397,6 +406,18 @@ class RegistryStore:
             stored = [pid for pid, _ in items if pid in alive]
             record_change(s, PHOTOS_ADDED, stored, fingerprint)
             return stored
+
+    def last_change_seq(self) -> int:
+        with self.sessions() as s:
+            return last_seq(s)
+
+    def changes_after(self, seq: int, limit: int = 1000) -> list[Change]:
+        with self.sessions() as s:
+            return changes_after(s, seq, limit)
+
+    def purge_changes(self, before: dt.datetime) -> int:
+        with self.sessions.begin() as s:
+            return purge_before(s, before)
 
     def record_index_rebuilt(self, fingerprint: str) -> None:
         """Tell every replica to rebuild its index from the stored vectors of ``fingerprint``."""
