@@ -126,6 +126,17 @@ class ArchiveVector(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian
 
 
+class ArchiveBlob(Base):
+    """An archived photo's bytes (its downsized copy, or the full photo with ``archive_keep_full``), once per
+    content, when the photo store is the database (``HM_PHOTO_STORE=database``): every replica reads them."""
+
+    __tablename__ = "archive_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    format: Mapped[str] = mapped_column(String(10))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 # --- what goes in and comes out ---------------------------------------------------------------------
 
 

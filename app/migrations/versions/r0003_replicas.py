@@ -4,7 +4,7 @@ What several API replicas on one database need: the change feed each replica's i
 (registry_changes, app/registry/changes.py), the web searches and ended sessions that lived in the data
 directory's web-searches.db (web_searches, ended_sessions, app/web/models.py), the secret that signs web
 sessions and the rate limits' buckets (service_secrets, rate_buckets), and the photos' bytes for the database
-photo store (photo_blobs). New tables only: no row of 0002 changes.
+photo store (photo_blobs; archive_blobs for the listings archive's copies). New tables only: no row of 0002 changes.
 
 Revision ID: 0003
 Revises: 0002
@@ -23,6 +23,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('archive_blobs',
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('format', sa.String(length=10), nullable=False),
+    sa.Column('data', sa.LargeBinary(), nullable=False),
+    sa.PrimaryKeyConstraint('sha256')
+    )
     op.create_table('ended_sessions',
     sa.Column('sid', sa.String(length=64), nullable=False),
     sa.Column('until', sa.DateTime(), nullable=False),
@@ -102,3 +108,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_ended_sessions_until'))
 
     op.drop_table('ended_sessions')
+    op.drop_table('archive_blobs')
