@@ -46,7 +46,7 @@ class MatchingService:
     def __init__(self, settings: Settings, encoder: ImageEncoder | None = None):
         self.settings = settings
         private_data_dir(settings.data_dir)
-        self.store = RegistryStore(settings.db_url, settings.data_dir / "photos")
+        self.store = RegistryStore(settings.db_url, settings.data_dir / "photos", photo_store=settings.photo_store)
         self.encoder = encoder or create_encoder(settings)
         self.device = self.encoder.device
         self.shared_index = SharedIndex(settings.data_dir, ann_min_vectors=settings.index_ann_min_vectors)

@@ -37,7 +37,7 @@ def data_dir_objects(data_dir: Path, limit: int | None):
     if not Path(data_dir).is_dir():
         sys.exit(f"{data_dir} is not a heritage-match data directory")
     settings = Settings(data_dir=data_dir)
-    store = RegistryStore(settings.db_url, settings.data_dir / "photos")
+    store = RegistryStore(settings.db_url, settings.data_dir / "photos", photo_store=settings.photo_store)
     try:
         return registry_objects(store, limit)
     finally:

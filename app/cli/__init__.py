@@ -30,7 +30,8 @@ keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_a
 audit_app = typer.Typer(help="The audit trail of searches and registry changes.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Alerts: registered objects seen in listings.", no_args_is_help=True)
 archive_app = typer.Typer(help="The listings archive: every listing photo scans have seen.", no_args_is_help=True)
-db_app = typer.Typer(help="The registry database's schema: upgrade, current revision.", no_args_is_help=True)
+db_app = typer.Typer(help="The registry database: upgrade its schema, its revision, move photos in or out.",
+                     no_args_is_help=True)
 webhooks_app = typer.Typer(help="Webhook endpoints that receive new alerts, and their delivery log.",
                            no_args_is_help=True)
 
@@ -63,6 +64,7 @@ webhooks_app.command("deliveries")(alerts.webhooks_deliveries)
 webhooks_app.command("deliver")(alerts.webhooks_deliver)
 db_app.command("upgrade")(db.db_upgrade)
 db_app.command("current")(db.db_current)
+db_app.command("move-photos")(db.db_move_photos)
 
 app.add_typer(registry_app, name="registry")
 app.add_typer(index_app, name="index")

@@ -52,7 +52,7 @@ def open_registry() -> RegistryStore:
 
     settings = get_settings()
     private_data_dir(settings.data_dir)
-    return RegistryStore(settings.db_url, settings.data_dir / "photos")
+    return RegistryStore(settings.db_url, settings.data_dir / "photos", photo_store=settings.photo_store)
 
 
 def progress_bar() -> Progress:

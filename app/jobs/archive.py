@@ -57,7 +57,8 @@ class ListingArchive:
         self.settings = settings
         self.fingerprint = fingerprint
         self.dim = dim
-        self.store = ArchiveStore(sessions, settings.data_dir / "archive")
+        self.store = ArchiveStore(sessions, settings.data_dir / "archive",
+                                  in_database=settings.photo_store == "database")
         self.index = SharedArchiveIndex(settings.data_dir, self.store, fingerprint, dim,
                                         ann_min_vectors=settings.archive_ann_min_vectors, save_every=save_every)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -200,7 +199,8 @@ def export_manifest(service: MatchingService, out: Path) -> int:
                 name = f"{p.sha256}.{EXTENSIONS.get(p.format, 'bin')}"
                 target = photo_dir / name
                 if not target.exists():
-                    shutil.copyfile(service.store.photos.path_for(p.sha256, p.format), target)
+                    # The bytes, not a file copy: the photo store may be the database (HM_PHOTO_STORE).
+                    target.write_bytes(service.store.photos.read(p.sha256, p.format))
                 photo_paths.append({"path": f"photos/{name}", "view": p.view})
             row = {k: _plain(getattr(a, k)) for k in EXPORT_COLUMNS if k != "photos"}
             row["photos"] = photo_paths

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -42,6 +42,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    or_,
     select,
     update,
 )
@@ -53,6 +54,7 @@ from app.core.files import file_lock, private_dir, sha256_hex
 from app.registry.photos import PhotoStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COPY_FORMAT = "JPEG"
 PAGE = 10_000  # vectors a page when streaming them (20 MB at 512 float32)
@@ -258,7 +260,7 @@ def _write_lock_first(s: Session) -> None:
               execution_options=_NO_SYNC)
 
 
-def _batches(ids: list[int], size: int = _IN_BATCH) -> Iterator[list[int]]:
+def _batches(ids: list[T], size: int = _IN_BATCH) -> Iterator[list[T]]:
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
 
@@ -277,18 +279,43 @@ _VECTOR_PAGE = (select(ArchiveVector.id, ArchiveVector.photo_id, ArchiveVector.v
 
 
 class ArchiveStore:
-    """The archive's rows (in the registry database, through its ``sessions``) and files (under ``root``)."""
+    """The archive's rows (in the registry database, through its ``sessions``) and its photos' bytes: files under
+    ``root``, or with ``in_database`` (``HM_PHOTO_STORE=database``) rows of ``archive_blobs``, written and deleted
+    in the transactions of the rows that name them, so that every replica reads every copy."""
 
-    def __init__(self, sessions: sessionmaker, root: Path):
+    def __init__(self, sessions: sessionmaker, root: Path, in_database: bool = False):
         self.sessions = sessions
         self.files = PhotoStore(root)
         self.root = Path(root)
+        self.in_database = in_database
         self._write_lock_path = self.root / ".write.lock"
+
+    def _put(self, s: Session, data: bytes, sha256: str, fmt: str) -> None:
+        if not self.in_database:
+            self.files.put(data, sha256, fmt)
+            return
+        # Locked to the commit: a purge deleting this blob waits for it, then sees the photo that names it.
+        if s.get(ArchiveBlob, sha256, with_for_update=True) is None:
+            s.add(ArchiveBlob(sha256=sha256, format=fmt[:10], data=data))
+            s.flush()
+
+    def _read(self, sha256: str, fmt: str) -> bytes:
+        if not self.in_database:
+            return self.files.read(sha256, fmt)
+        with self.sessions() as s:
+            data = s.scalar(select(ArchiveBlob.data).where(ArchiveBlob.sha256 == sha256))
+        if data is None:
+            raise FileNotFoundError(f"archived photo {sha256} is not in the database")
+        return bytes(data)
 
     @contextmanager
     def _file_writes(self, exclusive: bool = False):
         """Held shared from writing files until their rows commit, exclusive to delete files: a purge
-        never judges a file unreferenced while a writer is between its file and its commit."""
+        never judges a file unreferenced while a writer is between its file and its commit. In the database the
+        rows' own locks do that (``_put``, ``_delete_unreferenced_blobs``)."""
+        if self.in_database:
+            yield
+            return
         private_dir(self.root)
         with file_lock(self._write_lock_path, shared=not exclusive):
             yield
@@ -365,16 +392,16 @@ class ArchiveStore:
         if photo is None:
             data = copy()
             copy_sha = sha256_hex(data)
-            self.files.put(data, copy_sha, COPY_FORMAT)
+            self._put(s, data, copy_sha, COPY_FORMAT)
             if full is not None:
-                self.files.put(full, sha, fmt)
+                self._put(s, full, sha, fmt)
             photo = ArchivePhoto(sha256=sha, format=fmt[:10], width=int(width), height=int(height),
                                  copy_sha256=copy_sha, has_full=full is not None, first_seen=when, last_seen=when,
                                  times_seen=0)
             s.add(photo)
             s.flush()
         elif full is not None and not photo.has_full:
-            self.files.put(full, sha, fmt)
+            self._put(s, full, sha, fmt)
             photo.has_full = True
 
         # The sighting: the photo in this listing.
@@ -463,14 +490,14 @@ class ArchiveStore:
         photo = self.photo(photo_id)
         if photo is None:
             raise KeyError(photo_id)
-        return self.files.read(photo.copy_sha256, COPY_FORMAT)
+        return self._read(photo.copy_sha256, COPY_FORMAT)
 
     def full_bytes(self, photo_id: int) -> bytes | None:
         """The photo as the listing showed it, when kept (``archive_keep_full``)."""
         photo = self.photo(photo_id)
         if photo is None or not photo.has_full:
             return None
-        return self.files.read(photo.sha256, photo.format)
+        return self._read(photo.sha256, photo.format)
 
     def listings_of(self, photo_id: int) -> list[Sighting]:
         """Every listing the photo was seen in, most recently seen first."""
@@ -637,6 +664,8 @@ class ArchiveStore:
         return report
 
     def _delete_unreferenced(self, names: set[str]) -> int:
+        if self.in_database:
+            return self._delete_unreferenced_blobs({name.split("\0")[0] for name in names})
         removed = 0
         with self._file_writes(exclusive=True), self.sessions() as s:
             for name in sorted(names):
@@ -647,4 +676,19 @@ class ArchiveStore:
                 if not used and path.exists():
                     path.unlink(missing_ok=True)
                     removed += 1
+        return removed
+
+    def _delete_unreferenced_blobs(self, sha256s: set[str]) -> int:
+        """Delete blobs no archived photo names. Locked first, then deleted by a second statement: on PostgreSQL a
+        DELETE that waited for a row lock re-checks that row only, not whether a photo naming it committed meanwhile;
+        the second statement's snapshot sees it. A photo recorded after finds the blob gone and writes it again."""
+        removed = 0
+        used = or_(exists().where(ArchivePhoto.copy_sha256 == ArchiveBlob.sha256),
+                   exists().where(ArchivePhoto.sha256 == ArchiveBlob.sha256, ArchivePhoto.has_full.is_(True)))
+        for batch in _batches(sorted(sha256s)):
+            with self.sessions.begin() as s:
+                s.execute(select(ArchiveBlob.sha256).where(ArchiveBlob.sha256.in_(batch))
+                          .order_by(ArchiveBlob.sha256).with_for_update())
+                removed += _count(s.execute(delete(ArchiveBlob).where(ArchiveBlob.sha256.in_(batch), ~used),
+                                            execution_options=_NO_SYNC))
         return removed

@@ -30,8 +30,7 @@ import app.registry.alerts  # noqa: F401  (alerts, webhook endpoints and deliver
 import app.registry.archive  # noqa: F401  (the listings archive)
 import app.registry.changes  # noqa: F401  (the change feed replicas follow)
 import app.registry.models  # noqa: F401  (records, photos, vectors, signatures)
-import app.security.models  # noqa: F401  (API keys, the audit trail, shared secrets and rate limits)
-import app.web.models  # noqa: F401  (web searches kept for their pages, ended sessions)
+import app.security.models  # noqa: F401  (API keys, audit trail, secrets, rate limits, web state)
 from app.core.db import Base
 from app.core.errors import AppError
 from app.core.files import file_lock
@@ -51,13 +50,16 @@ VERSION_TABLE = "alembic_version"
 _PG_LOCK = 0x686D5F736368656D  # pg_advisory_lock key of schema changes ("hm_schem")
 
 # Registries made before migrations existed: the tables each revision adds. A database with the tables of
-# 0001 and none of 0002's was made by the last release without migrations; one with both sets, by a
-# development build of 0002 (``create_all``). Databases made since carry their revision.
+# 0001 and none of 0002's was made by the last release without migrations; one with more sets, by a
+# development build (``create_all``) of the newest revision whose tables it has. Databases made since carry
+# their revision.
 LEGACY_TABLES: dict[str, frozenset[str]] = {
     "0001": frozenset({"artefacts", "photos", "embeddings", "photo_signatures", "api_keys", "audit_events",
                        "audit_results"}),
     "0002": frozenset({"archive_photos", "archive_listings", "archive_sightings", "archive_vectors", "alerts",
                        "webhook_endpoints", "webhook_deliveries"}),
+    "0003": frozenset({"registry_changes", "web_searches", "ended_sessions", "service_secrets", "rate_buckets",
+                       "photo_blobs", "archive_blobs"}),
 }
 
 

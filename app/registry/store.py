@@ -1,4 +1,4 @@
-"""RegistryStore: the artefact registry on disk (database rows and photo files).
+"""RegistryStore: the artefact registry (database rows, and photos' bytes in files or in the database).
 
 The database is the source of truth: the FAISS index is derived from the vectors stored here and
 can always be rebuilt from them.
@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 from sqlalchemy import create_engine, event, func, or_, select
@@ -36,7 +36,7 @@ from app.registry.changes import (
     record_change,
 )
 from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
-from app.registry.photos import PhotoStore
+from app.registry.photos import DatabasePhotoStore, PhotoStore
 from app.security.audit import record_event
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class ArtefactFilter:
 
 
 class RegistryStore:
-    def __init__(self, db_url: str, photo_root: Path):
+    def __init__(self, db_url: str, photo_root: Path, photo_store: Literal["files", "database"] = "files"):
         sqlite = db_url.startswith("sqlite")
         connect_args = {"check_same_thread": False, "timeout": 30} if sqlite else {}
         private_sqlite(db_url)  # before SQLite creates the file: its -wal and -shm take the file's mode
@@ -91,14 +91,28 @@ class RegistryStore:
             self.engine.dispose()
             raise
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.photos = PhotoStore(photo_root)
-        self._write_lock_path = self.photos.root / ".write.lock"
+        # Readers use ``photos.read`` and ``photos.media_type`` (app.registry.photos.PhotoBackend) whatever the
+        # backend; writes and deletions below differ by backend (files around the transaction, blobs inside it).
+        self.photos: PhotoStore | DatabasePhotoStore
+        if photo_store == "database":
+            self.photos = DatabasePhotoStore(self.sessions)
+        elif photo_store == "files":
+            self.photos = PhotoStore(photo_root)
+        else:
+            self.engine.dispose()
+            raise ValueError(f"photo_store must be 'files' or 'database', not {photo_store!r}")
+        self._write_lock_path = Path(photo_root) / ".write.lock"
 
     @contextmanager
     def photo_writes(self, exclusive: bool = False):
         """Held shared from writing photo files until their rows commit; held exclusive to delete
         files, so a file is never judged unreferenced while a writer is between file and commit. A file lock
-        in the photo folder itself: it binds every process that writes there, whatever the database."""
+        in the photo folder itself: it binds every process that writes there, whatever the database.
+        The database store needs none (its blobs are written in the rows' transaction): it takes no lock and
+        makes no folder."""
+        if isinstance(self.photos, DatabasePhotoStore):
+            yield
+            return
         private_dir(self.photos.root)
         with file_lock(self._write_lock_path, shared=not exclusive):
             yield
@@ -121,9 +135,11 @@ class RegistryStore:
                     f"{fields.get('institution') or '(none)'!r} is already registered."
                 ) from exc
             # Files before the commit: a crash leaves at worst an unreferenced file, never a row
-            # pointing at a missing photo.
-            for p in photos:
-                self.photos.put(p.data, p.sha256, p.format)
+            # pointing at a missing photo. Blobs in the transaction: they commit with the rows or not at all.
+            if isinstance(self.photos, DatabasePhotoStore):
+                self.photos.add(s, _blob_items(photos))
+            else:
+                _put_files(self.photos, photos)
             stored = self._attach_photos(s, artefact, photos, fingerprint)
             record_event(s, "artefact.create", artefact_id=artefact.id, model_fingerprint=fingerprint, details={
                 "inventory_number": artefact.inventory_number, "institution": artefact.institution,
@@ -134,14 +150,16 @@ class RegistryStore:
     def add_photos(self, artefact_id: int, photos: list[NewPhoto], fingerprint: str | None) -> list[Photo]:
         """Add photos to an artefact; a photo it already has (same bytes) is returned, not duplicated."""
         with self.photo_writes():
-            for p in photos:
-                self.photos.put(p.data, p.sha256, p.format)
+            if isinstance(self.photos, PhotoStore):
+                _put_files(self.photos, photos)  # before the transaction: no row lock held while writing files
             with self.sessions.begin() as s:
                 # Locked (PostgreSQL; SQLite has one writer at a time anyway): two requests adding the same
                 # photo to one artefact, or a delete meanwhile, wait for each other instead of colliding.
                 artefact = s.get(Artefact, artefact_id, with_for_update=True)
                 if artefact is None:
                     raise NotFound(f"No artefact with id {artefact_id}.")
+                if isinstance(self.photos, DatabasePhotoStore):
+                    self.photos.add(s, _blob_items(photos))
                 stored = self._attach_photos(s, artefact, photos, fingerprint)
                 ids = [p.id for p in stored]
                 record_event(s, "photo.add", artefact_id=artefact_id, model_fingerprint=fingerprint,
@@ -264,17 +282,21 @@ class RegistryStore:
                 "inventory_number": artefact.inventory_number, "institution": artefact.institution,
                 "photo_ids": [pid for pid, _, _ in gone]})
             s.delete(artefact)
+            if isinstance(self.photos, DatabasePhotoStore):
+                # In this transaction: the blobs go with their last rows, or stay with them on a rollback.
+                self.photos.delete_unused(s, [sha for _, sha, _ in gone])
             record_change(s, PHOTOS_REMOVED, [pid for pid, _, _ in gone])
-        if gone:
+        if gone and isinstance(self.photos, PhotoStore):
+            # Files after the commit: a crash before leaves at worst an unreferenced file (removed at the next start).
             with self.photo_writes(exclusive=True):
                 for _, sha, fmt in gone:
-                    self._delete_file_if_unused(sha, fmt)
+                    self._delete_file_if_unused(self.photos, sha, fmt)
         return [pid for pid, _, _ in gone]
 
-    def _delete_file_if_unused(self, sha256: str, fmt: str) -> None:
+    def _delete_file_if_unused(self, files: PhotoStore, sha256: str, fmt: str) -> None:
         with self.sessions() as s:
             if s.scalar(select(func.count()).select_from(Photo).where(Photo.sha256 == sha256)) == 0:
-                self.photos.delete(sha256, fmt)
+                files.delete(sha256, fmt)
 
     def remove_orphan_files(self, wait_s: float = 5.0) -> int:
         """Delete photo files no photo row references, and temp files of interrupted writes.
@@ -282,7 +304,15 @@ class RegistryStore:
         A crash between writing a photo file and committing its rows leaves such a file. Done under
         the exclusive write lock, so no writer is between its files and its commit; when writers
         keep the lock busy for ``wait_s`` the clean-up is left to the next start.
+
+        The database store: blobs no photo row references, which its transactional writes never leave but
+        hand-made deletions or a ``db move-photos`` racing a delete may (``DatabasePhotoStore.remove_orphans``).
         """
+        if isinstance(self.photos, DatabasePhotoStore):
+            removed = self.photos.remove_orphans()
+            if removed:
+                log.warning("Removed %d stored photos no artefact refers to.", removed)
+            return removed
         if not self.photos.root.exists():
             return 0
         deadline = time.monotonic() + wait_s
@@ -458,6 +488,15 @@ class RegistryStore:
                 select(Embedding.model_fingerprint, func.count()).group_by(Embedding.model_fingerprint)
             )
             return {fp: n for fp, n in rows}
+
+
+def _put_files(files: PhotoStore, photos: list[NewPhoto]) -> None:
+    for p in photos:
+        files.put(p.data, p.sha256, p.format)
+
+
+def _blob_items(photos: list[NewPhoto]) -> list[tuple[str, str, bytes]]:
+    return [(p.sha256, p.format, p.data) for p in photos]
 
 
 def _embedding_row(photo_id: int, fingerprint: str, vector: np.ndarray) -> Embedding:

@@ -308,3 +308,73 @@ def test_a_photo_sent_again_after_a_model_switch_is_stored_as_it_is_indexed(sett
         assert third.index.ids().tolist() == [stored[0].id]
     finally:
         third.close()
+
+
+def _rows_and_blobs(data_dir: Path, database_url: str | None) -> tuple[int, set[str], set[str]]:
+    """(committed artefacts, SHA-256 of the photo rows, SHA-256 of the stored blobs), read from outside as
+    ``_db_state`` does."""
+    queries = ("SELECT count(*) FROM artefacts", "SELECT sha256 FROM photos", "SELECT sha256 FROM photo_blobs")
+    if database_url is not None:
+        import psycopg
+
+        try:
+            with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as pg:
+                row = pg.execute(queries[0]).fetchone()
+                return (row[0] if row else 0, {sha for (sha,) in pg.execute(queries[1])},
+                        {sha for (sha,) in pg.execute(queries[2])})
+        except psycopg.Error:
+            return 0, set(), set()
+    try:
+        with sqlite3.connect(f"file:{data_dir / 'registry.db'}?mode=ro", uri=True, timeout=1) as conn:
+            return (conn.execute(queries[0]).fetchone()[0], {sha for (sha,) in conn.execute(queries[1])},
+                    {sha for (sha,) in conn.execute(queries[2])})
+    except sqlite3.Error:
+        return 0, set(), set()
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_during_an_import_into_the_database_photo_store(tmp_path, encoder, database_url):
+    """HM_PHOTO_STORE=database: blobs commit with their rows, so a kill at any point leaves every photo row
+    with its blob and no blob without a row, even before a restart cleans anything; no photo folder at all."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    manifest = _manifest(photos)
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "HM_DATA_DIR": str(data_dir), "HM_MODEL": "efficientnet-lite0", "HM_DEVICE": "cpu",
+           "HM_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT), "HM_PHOTO_STORE": "database"}
+    env.pop("HM_DATABASE_URL", None)
+    if database_url is not None:
+        env["HM_DATABASE_URL"] = database_url
+    for kill_after in (MIN_COMMITTED, 2 * MIN_COMMITTED + 1):  # two kills, at different points of the import
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "registry", "import", str(manifest)], env=env,
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while _rows_and_blobs(data_dir, database_url)[0] < kill_after:
+                assert proc.poll() is None, "the import ended before the kill"
+                assert time.monotonic() < deadline, "the import made no progress"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        count, row_shas, blob_shas = _rows_and_blobs(data_dir, database_url)
+        assert count >= kill_after and len(row_shas) == count * PHOTOS_EACH
+        assert row_shas == blob_shas  # no row without its bytes, no bytes without a row
+    assert not (data_dir / "photos").exists()
+
+    settings = Settings(data_dir=data_dir, model="efficientnet-lite0", device="cpu", rate_limit_per_minute=0,
+                        auth_failures_per_minute=0, database_url=database_url, photo_store="database")
+    service = MatchingService(settings, encoder=encoder).start()  # the restart: nothing to clean
+    try:
+        artefacts, total = service.store.list_artefacts(ArtefactFilter(), 0, ARTEFACTS)
+        assert 2 * MIN_COMMITTED + 1 <= total < ARTEFACTS, f"{total} artefacts: the kill did not land mid-import"
+        assert all(len(a.photos) == PHOTOS_EACH for a in artefacts)
+        for a in (artefacts[0], artefacts[-1]):
+            n = int(a.inventory_number.split("-")[1])
+            query = (photos / f"a{n:03d}_1.jpg").read_bytes()
+            assert service.store.photos.read(a.photos[1].sha256, a.photos[1].format) == query
+            assert service.search(query, top_k=3).results[0].artefact_id == a.id
+    finally:
+        service.close()

@@ -30,7 +30,8 @@ async def get_photo(
     An officer gets photos of artefacts its own searches matched; a monitor only their thumbnails.
     """
     photo = await run_in_threadpool(readable_photo, principal, photo_id, size, service.store, audit)
-    data = service.store.photos.read(photo.sha256, photo.format)
+    # Off the event loop: with HM_PHOTO_STORE=database a read is a query.
+    data = await run_in_threadpool(service.store.photos.read, photo.sha256, photo.format)
     # Registry photos are case material like every /v1 answer: no own cache header, so the middleware's
     # no-store applies (a shared customs PC would keep a cached photo after sign-out).
     if size == "thumb":

@@ -194,3 +194,36 @@ def test_listing_facts_need_an_id_and_fit_the_columns():
     assert facts.source == "dump.csv" and facts.listed_at == "2024-03-01"
     assert ListingFacts("1", price=12.5, listed_at=dt.date(2024, 3, 1)).price == "12.5"
     assert ArchivePhoto.__table__.kwargs.get("sqlite_autoincrement") is True
+
+
+@pytest.mark.databases
+def test_in_the_database_copies_are_rows_every_replica_reads_and_purge_removes(settings, tmp_path):
+    """HM_PHOTO_STORE=database: no archive folder; another process with another data directory reads the copies."""
+    from sqlalchemy import func, select
+
+    from app.registry.archive import ArchiveBlob
+
+    settings.data_dir.mkdir(parents=True)
+    registry = RegistryStore(settings.db_url, tmp_path / "photos")
+    store = ArchiveStore(registry.sessions, tmp_path / "a" / "archive", in_database=True)
+    other = ArchiveStore(registry.sessions, tmp_path / "b" / "archive", in_database=True)
+    try:
+        gone = record(store, ListingFacts("old"), 1, T0, unit(1), full=b"full 1")
+        same_copy = b"\xff\xd8 identical copy"
+        a = store.record(ListingFacts("a"), sha256_hex(b"a"), None, same_copy, 10, 10, "JPEG", seen_at=T0)
+        store.record(ListingFacts("b"), sha256_hex(b"b"), None, same_copy, 10, 10, "JPEG",
+                     seen_at=T0 + dt.timedelta(days=400))
+        assert not (tmp_path / "a" / "archive").exists()
+        assert other.copy_bytes(gone.photo_id) == photo(1)[1] and other.full_bytes(gone.photo_id) == b"full 1"
+        with registry.sessions() as s:
+            assert s.scalar(select(func.count()).select_from(ArchiveBlob)) == 3  # two copies, one full photo
+
+        report = other.purge(365, now=T0 + dt.timedelta(days=401))
+        assert sorted(report.photo_ids) == sorted([gone.photo_id, a.photo_id])
+        assert report.files == 2  # the first photo's copy and full bytes; the shared copy stays for "b"
+        with registry.sessions() as s:
+            assert s.scalar(select(func.count()).select_from(ArchiveBlob)) == 1
+        with pytest.raises(KeyError):
+            store.copy_bytes(gone.photo_id)
+    finally:
+        registry.close()
