@@ -20,11 +20,12 @@ from app.embedding import create_serving_encoder
 from app.http.errors import SEARCH_PATH, install_error_handlers
 from app.http.middleware import AuditRefusedSearches, Authenticate, BodySizeLimit, SecurityHeaders
 from app.jobs.archive import ListingArchive
+from app.jobs.follow import IndexFollower
 from app.jobs.retrohunt import RetroHunter
 from app.jobs.webhooks import WebhookDispatcher
 from app.security.audit import AuditLog
 from app.security.keys import KeyStore
-from app.security.ratelimit import RateLimiter
+from app.security.ratelimit import make_limiter
 from app.service import MatchingService
 from app.web.main import MULTI_PHOTO_PATHS as WEB_MULTI_PHOTO_PATHS
 from app.web.main import SEARCH_PATHS as WEB_SEARCH_PATHS
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                                                else None)
         # Photos registered by any process are searched in the listings archive in the background.
         hunter = app.state.retrohunter = RetroHunter(app.state.service, on_alert=dispatcher.wake)
+        # Changes other replicas (or the CLI) make to the registry reach this process's index through the database.
+        follower = app.state.index_follower = IndexFollower(app.state.service)
         running = app.state.service
         if not settings.auth:
             log.warning("HM_AUTH=false: every request acts as an admin without a key. "
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                  app.state.service.index.count if app.state.service.index else 0)
         # The background threads start last and stop whatever happens, so none outlives its app.
         try:
+            follower.start()
             dispatcher.start()
             hunter.start()
             running.photo_listeners.append(hunter.wake)
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                 running.photo_listeners.remove(hunter.wake)
             hunter.stop()
             dispatcher.stop()
+            follower.stop()
             if archive is not None:
                 archive.close()
         if owned:
@@ -104,15 +109,24 @@ def create_app(settings: Settings | None = None, service: MatchingService | None
                        limit_mb=settings.max_upload_mb, multi_limit=settings.max_request_bytes + (1 << 20),
                        multi_limit_mb=settings.max_request_bytes / (1 << 20),
                        multi_paths=API_MULTI_PHOTO_PATHS + WEB_MULTI_PHOTO_PATHS)
+    # The limiters count in memory, or in the registry database for all replicas (HM_SHARED_RATE_LIMITS), whose
+    # engine is the service's, made when the app starts.
+    def registry_engine():
+        return app.state.service.store.engine
+
     # One limiter for the API and the web pages: a key's searches count alike wherever they come from.
-    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.limiter = make_limiter(settings, "requests", settings.rate_limit_per_minute, settings.rate_limit_burst,
+                                     registry_engine)
     # Guessing keys, through the API or the sign-in page, is slowed per client address.
-    app.state.auth_failures = RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst)
+    app.state.auth_failures = make_limiter(settings, "auth_failures", settings.auth_failures_per_minute,
+                                           settings.auth_failures_burst, registry_engine)
     app.add_middleware(Authenticate, enabled=settings.auth, limiter=app.state.limiter, failures=app.state.auth_failures)
     # Outside authentication and the size limit: their refusals of a search are audited too (those from no
     # known key at most as often per address as wrong keys are allowed).
     app.add_middleware(AuditRefusedSearches, paths=(SEARCH_PATH, *WEB_SEARCH_PATHS),
-                       unauthenticated=RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst))
+                       unauthenticated=make_limiter(settings, "unauthenticated_searches",
+                                                    settings.auth_failures_per_minute, settings.auth_failures_burst,
+                                                    registry_engine))
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],

@@ -127,8 +127,8 @@ class Settings(BaseSettings):
     )
     web_secret: str | None = Field(
         default=None,
-        description="Key that signs web session cookies (default: a random one kept in DATA_DIR/web-secret, "
-        "shared by every worker on the machine)."
+        description="Key that signs web session cookies (default: a random one kept in the registry database, "
+        "shared by every worker and replica)."
     )
     web_session_hours: float = Field(default=12, gt=0, description="Hours a web sign-in lasts.")
     web_cookie_secure: bool | None = Field(

@@ -25,7 +25,7 @@ from app.http.errors import HTTP_CODES, error_body, web_error_page
 from app.http.requests import BAD_KEY_MESSAGE, NO_KEY_MESSAGE
 from app.security.actor import ANONYMOUS, Principal, reset_principal, set_principal
 from app.security.audit import watching_searches
-from app.security.ratelimit import RateLimiter
+from app.security.ratelimit import Limiter, RateLimiter
 from app.security.roles import Permission
 
 log = logging.getLogger(__name__)
@@ -167,11 +167,11 @@ class Authenticate:
     request makes.
     """
 
-    def __init__(self, app: ASGIApp, enabled: bool, limiter: RateLimiter, failures: RateLimiter | None = None):
+    def __init__(self, app: ASGIApp, enabled: bool, limiter: Limiter, failures: Limiter | None = None):
         self.app = app
         self.enabled = enabled
         self.limiter = limiter
-        self.failures = failures or RateLimiter(0, 1)  # unknown keys per client address
+        self.failures: Limiter = failures or RateLimiter(0, 1)  # unknown keys per client address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -332,10 +332,10 @@ class AuditRefusedSearches:
     ``unauthenticated`` allows per address, so that requests without a key cannot fill the disk.
     """
 
-    def __init__(self, app: ASGIApp, paths: Iterable[str], unauthenticated: RateLimiter | None = None):
+    def __init__(self, app: ASGIApp, paths: Iterable[str], unauthenticated: Limiter | None = None):
         self.app = app
         self.paths = frozenset(paths)
-        self.unauthenticated = unauthenticated or RateLimiter(0, 1)
+        self.unauthenticated: Limiter = unauthenticated or RateLimiter(0, 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:

@@ -1,10 +1,11 @@
-"""Tables of API keys and of the audit trail, in the registry's database."""
+"""Tables of API keys, the audit trail, shared secrets, rate limits and web sessions' state, in the registry's
+database (so that every replica behind a load balancer sees them alike)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import APPEND_ONLY, Base, utcnow
@@ -80,3 +81,31 @@ class RateBucket(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)  # limiter name and key
     tokens: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch, the database's clock
+
+
+class WebSearch(Base):
+    """A web search kept for its results page and case report (app.web.searches)."""
+
+    __tablename__ = "web_searches"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)  # insertion order: the oldest go first
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    sid: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    at: Mapped[dt.datetime] = mapped_column(DateTime)
+    response: Mapped[str] = mapped_column(Text)
+    display_jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+    filename: Mapped[str] = mapped_column(String(500))
+
+
+class EndedSession(Base):
+    """A session signed out before its cookie expires: the cookie is signed, not stored, so a copy taken before
+    sign-out would otherwise stay valid (a shared customs PC). Kept until the cookie would expire."""
+
+    __tablename__ = "ended_sessions"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[dt.datetime] = mapped_column(DateTime, index=True)

@@ -27,8 +27,11 @@ SEARCH_PATHS = ("/search",)  # POSTed, they search: every refused one is audited
 def mount_web(app: FastAPI, settings: Settings) -> None:
     """Add the web pages to the app (server-rendered, outside /v1, never in the OpenAPI schema)."""
     app.state.web_auth = settings.auth  # the app's settings: a shared service may carry other ones
-    app.state.web_sessions = SessionCodec(settings)
-    app.state.web_searches = SearchKeeper(settings.data_dir, settings.web_searches_kept)
+    # The cookies' secret, the kept searches and the signed-out sessions are in the registry database, so that
+    # any replica serves any signed-in officer. Its engine is looked up when used: the service that holds it is
+    # made when the app starts.
+    app.state.web_sessions = SessionCodec(settings, lambda: app.state.service.store.engine)
+    app.state.web_searches = SearchKeeper(lambda: app.state.service.store.engine, settings.web_searches_kept)
     app.add_exception_handler(WebError, web_error_page)  # type: ignore[arg-type]
     setattr(app.state, WEB_ERROR_PAGES, web_http_error)  # the shared handlers answer web paths with these pages
     setattr(app.state, SIGNED_IN_FORM, signed_in_form)  # the shared authentication checks forms before their body

@@ -1,63 +1,33 @@
-"""Web searches kept for their results page and case report, each visible to its session only.
+"""Web searches kept for their results page and case report, each visible to its session only, and the
+sessions signed out before their cookie expires.
 
 A search's record of evidence is the audit trail (query SHA-256, results, model, index version);
 this store only keeps what the pages show besides (the query photo, the full response) for the
-signed-in session that ran it. It is a small SQLite file in the data directory
-(``web-searches.db``), so that with several server workers a results or report link works whichever
-worker answers it, and bounded: the oldest searches go first.
+signed-in session that ran it. Both live in the registry database (tables ``web_searches`` and
+``ended_sessions``, ``app.security.models``), so that a results or report link, or a sign-out, holds whichever
+server process or replica answers the next request. The kept searches are bounded: the oldest go first.
+
+Earlier versions kept them in ``web-searches.db`` in the data directory: that file is no longer read and may be
+deleted (it holds the query photos of the searches it kept).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    delete,
-    event,
-    insert,
-    select,
-)
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from app.core.files import private_dir, private_file
+from app.core.db import is_unique_violation, utcnow
 from app.schemas import SearchResponse
+from app.security.models import EndedSession, WebSearch
 
-FILE_NAME = "web-searches.db"
-
-_metadata = MetaData()
-_searches = Table(
-    "web_searches", _metadata,
-    Column("n", Integer, primary_key=True, autoincrement=True),  # insertion order: the oldest go first
-    Column("id", String(32), unique=True, nullable=False),
-    Column("sid", String(64), nullable=False),
-    Column("key_id", Integer, nullable=True),
-    Column("key_name", String(200), nullable=False),
-    Column("role", String(20), nullable=False),
-    Column("at", DateTime, nullable=False),
-    Column("response", Text, nullable=False),
-    Column("display_jpeg", LargeBinary, nullable=False),
-    Column("filename", String(500), nullable=False),
-)
-
-
-# Sessions signed out before their cookie expires: the cookie is signed, not stored, so a copy taken
-# before sign-out would otherwise stay valid (a shared customs PC). Kept until the cookie would expire.
-_ended = Table(
-    "ended_sessions", _metadata,
-    Column("sid", String(64), primary_key=True),
-    Column("until", DateTime, nullable=False),
-)
+# Bulk deletes: no object of this session needs to learn of them.
+_NO_SYNC = {"synchronize_session": False}
 
 
 @dataclass(frozen=True)
@@ -73,62 +43,71 @@ class KeptSearch:
     filename: str
 
 
-def _pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # workers read while one writes
-    cur.execute("PRAGMA synchronous=NORMAL")  # a kept search is a convenience, not the evidence
-    cur.close()
-
-
 class SearchKeeper:
-    def __init__(self, data_dir: Path, capacity: int):
+    """The kept searches and ended sessions in the registry database. ``database`` is its engine, or a callable
+    that gives it on each use (the app's service, which holds the engine, is made when the app starts)."""
+
+    def __init__(self, database: Engine | Callable[[], Engine], capacity: int):
         self.capacity = capacity
-        data_dir = Path(data_dir)
-        private_dir(data_dir)
-        private_file(data_dir / FILE_NAME)  # query photos of officers: this user only, -wal and -shm alike
-        self.engine = create_engine(f"sqlite:///{data_dir / FILE_NAME}",
-                                    connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(self.engine, "connect", _pragmas)
-        _metadata.create_all(self.engine)
+        self._engine: Callable[[], Engine] = database if callable(database) else (lambda: database)
+
+    def _session(self) -> Session:
+        return Session(self._engine(), expire_on_commit=False)
 
     def keep(self, *, sid: str, key_id: int | None, key_name: str, role: str, response: SearchResponse,
              display_jpeg: bytes, filename: str) -> KeptSearch:
         item = KeptSearch(id=secrets.token_urlsafe(12), sid=sid, key_id=key_id, key_name=key_name, role=role,
                           at=dt.datetime.now(dt.timezone.utc), response=response, display_jpeg=display_jpeg,
                           filename=filename)
-        with self.engine.begin() as conn:
-            key = conn.execute(insert(_searches).values(
-                id=item.id, sid=sid, key_id=key_id, key_name=key_name, role=role, at=item.at.replace(tzinfo=None),
-                response=response.model_dump_json(), display_jpeg=display_jpeg, filename=filename,
-            )).inserted_primary_key
-            assert key is not None  # a one-row INSERT reports the key it gave the row
-            n = key[0]
-            conn.execute(delete(_searches).where(_searches.c.n <= n - self.capacity))
+        with self._session() as s, s.begin():
+            row = WebSearch(id=item.id, sid=sid, key_id=key_id, key_name=key_name, role=role,
+                            at=item.at.replace(tzinfo=None), response=response.model_dump_json(),
+                            display_jpeg=display_jpeg, filename=filename)
+            s.add(row)
+            s.flush()  # gives the row its place in the insertion order
+            # The oldest beyond capacity go. Rows that another process is deleting at the same moment are
+            # skipped, not waited for (PostgreSQL; SQLite has one writer): two replicas keeping searches at once
+            # neither block nor deadlock each other, and what one skips the other deletes. Numbers lost to
+            # rolled-back inserts may keep the store a few under its capacity.
+            oldest = (select(WebSearch.n).where(WebSearch.n <= row.n - self.capacity)
+                      .with_for_update(skip_locked=True))
+            s.execute(delete(WebSearch).where(WebSearch.n.in_(oldest.scalar_subquery())), execution_options=_NO_SYNC)
         return item
 
     def get(self, search_id: str, sid: str, key_id: int | None) -> KeptSearch | None:
         """The search if this session (and this key) ran it; None for any other, so ids reveal nothing."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(_searches).where(_searches.c.id == search_id)).mappings().first()
-        if row is None or row["sid"] != sid or row["key_id"] != key_id:
+        with self._session() as s:
+            row = s.scalar(select(WebSearch).where(WebSearch.id == search_id))
+        if row is None or row.sid != sid or row.key_id != key_id:
             return None
-        return KeptSearch(id=row["id"], sid=row["sid"], key_id=row["key_id"], key_name=row["key_name"],
-                          role=row["role"], at=row["at"].replace(tzinfo=dt.timezone.utc),
-                          response=SearchResponse.model_validate_json(row["response"]),
-                          display_jpeg=bytes(row["display_jpeg"]), filename=row["filename"])
+        return KeptSearch(id=row.id, sid=row.sid, key_id=row.key_id, key_name=row.key_name, role=row.role,
+                          at=row.at.replace(tzinfo=dt.timezone.utc),
+                          response=SearchResponse.model_validate_json(row.response),
+                          display_jpeg=bytes(row.display_jpeg), filename=row.filename)
 
     def end_session(self, sid: str, max_age_s: int) -> None:
         """Sign a session out for good, and drop the searches it kept (their query photos)."""
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        with self.engine.begin() as conn:
-            conn.execute(delete(_ended).where(_ended.c.until < now))
-            conn.execute(delete(_ended).where(_ended.c.sid == sid))
-            conn.execute(insert(_ended).values(sid=sid, until=now + dt.timedelta(seconds=max_age_s)))
-            conn.execute(delete(_searches).where(_searches.c.sid == sid))
+        now = utcnow()
+        until = now + dt.timedelta(seconds=max_age_s)
+        try:
+            with self._session() as s, s.begin():
+                ended = s.get(EndedSession, sid, with_for_update=True)
+                if ended is None:
+                    s.add(EndedSession(sid=sid, until=until))
+                else:
+                    ended.until = max(ended.until, until)
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            # Signed out on another replica at the same moment (a double click): ended there, as wanted.
+        with self._session() as s, s.begin():
+            s.execute(delete(WebSearch).where(WebSearch.sid == sid), execution_options=_NO_SYNC)
+            # Sessions whose cookie has expired by now need no record; those another process is deleting are
+            # skipped, not waited for.
+            expired = select(EndedSession.sid).where(EndedSession.until < now).with_for_update(skip_locked=True)
+            s.execute(delete(EndedSession).where(EndedSession.sid.in_(expired.scalar_subquery())),
+                      execution_options=_NO_SYNC)
 
     def session_ended(self, sid: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(select(_ended.c.sid).where(_ended.c.sid == sid)).first() is not None
-
-    def close(self) -> None:
-        self.engine.dispose()
+        with self._session() as s:
+            return s.scalar(select(EndedSession.sid).where(EndedSession.sid == sid)) is not None

@@ -592,14 +592,19 @@ def test_refused_web_searches_are_audited_like_the_apis(tmp_path, settings, enco
     assert events[1].query_sha256 == hashlib.sha256(b"junk").hexdigest()
 
 
-def test_sessions_survive_a_restart_and_the_secret_is_private(settings, service, keys):
-    import stat
+def test_sessions_survive_a_restart_and_the_secret_is_in_the_registry(settings, service, keys):
+    from sqlalchemy.orm import Session
+
+    from app.security.models import ServiceSecret
+    from app.web.session import SECRET_NAME
 
     with TestClient(create_app(settings, service=service)) as first:
         sign_in(first, keys["officer"])
         cookie = first.cookies["hm_session"]
-    secret = settings.data_dir / "web-secret"
-    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text()) >= 48
+    with Session(service.store.engine) as s:
+        stored = s.get(ServiceSecret, SECRET_NAME)
+    assert stored is not None and len(stored.value) >= 48
+    assert not (settings.data_dir / "web-secret").exists()  # nothing of it in the data directory
     with TestClient(create_app(settings, service=service), cookies={"hm_session": cookie}) as second:
         assert second.get("/search", follow_redirects=False).status_code == 200  # another worker, same secret
     other = settings.model_copy(update={"web_secret": "another secret"})
@@ -622,13 +627,15 @@ def test_without_auth_every_visitor_is_an_admin(settings, service):
 
 
 def test_kept_searches_are_shared_by_server_processes_bounded_and_private(tmp_path, demo, coins):
-    """Two keepers on one data directory stand for two uvicorn workers: a results link made by one
+    """Two keepers on one registry database stand for two server processes: a results link made by one
     opens on the other; only the last ``capacity`` searches stay; another session sees nothing."""
+    from app.registry.store import RegistryStore
     from app.web.searches import SearchKeeper
     from tests.conftest import jpeg_bytes
 
     response = demo.search(jpeg_bytes(coins[0].image))
-    one, two = SearchKeeper(tmp_path, capacity=3), SearchKeeper(tmp_path, capacity=3)
+    other_process = RegistryStore(demo.settings.db_url, tmp_path / "photos")
+    one, two = SearchKeeper(demo.store.engine, capacity=3), SearchKeeper(lambda: other_process.engine, capacity=3)
     kept = [one.keep(sid="s1", key_id=7, key_name="desk", role="officer", response=response,
                      display_jpeg=b"\xff\xd8jpeg", filename=f"q{n}.jpg") for n in range(4)]
     again = two.get(kept[-1].id, "s1", 7)
@@ -636,7 +643,7 @@ def test_kept_searches_are_shared_by_server_processes_bounded_and_private(tmp_pa
     assert again.filename == "q3.jpg" and again.at == kept[-1].at
     assert two.get(kept[0].id, "s1", 7) is None  # the oldest went first
     assert two.get(kept[-1].id, "other-session", 7) is None and two.get(kept[-1].id, "s1", 8) is None
-    one.close(), two.close()
+    other_process.close()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 What several API replicas on one database need: the change feed each replica's index follows
 (registry_changes, app/registry/changes.py), the web searches and ended sessions that lived in the data
-directory's web-searches.db (web_searches, ended_sessions, app/web/models.py), the secret that signs web
+directory's web-searches.db (web_searches, ended_sessions, app/security/models.py), the secret that signs web
 sessions and the rate limits' buckets (service_secrets, rate_buckets), and the photos' bytes for the database
 photo store (photo_blobs; archive_blobs for the listings archive's copies). New tables only: no row of 0002 changes.
 
