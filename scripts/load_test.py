@@ -1,13 +1,24 @@
 #!/usr/bin/env python
-"""Concurrent load on a heritage-match server over loopback: searches mixed with registrations.
+"""Concurrent load on heritage-match over loopback: searches mixed with registrations, on one server or
+spread over several replicas of one registry.
 
     .venv/bin/python -m scripts.load_test --clients 32 --duration 60            # starts its own server
+    .venv/bin/python -m scripts.load_test --replicas 2 --clients 32 --duration 60   # 2 replicas, PostgreSQL
     .venv/bin/python -m scripts.load_test --url http://127.0.0.1:8000 --key KEY  # a running server
+    .venv/bin/python -m scripts.load_test --url http://127.0.0.1:8101 --url http://127.0.0.1:8102 --key KEY
 
-With no --url it starts `uvicorn` on a free loopback port with a throw-away data directory, the
-offline model, no rate limit (one key drives every client) and a registrar key, and stops it at the
-end. It stops by itself: after --duration seconds or --max-requests requests, whichever comes first.
-Reports requests, errors and p50/p95 latency per kind as JSON; exits 1 when any request failed.
+With no --url and no --replicas it starts `uvicorn` on a free loopback port with a throw-away data directory
+(SQLite), the offline model, no rate limit (one key drives every client) and a registrar key, and stops it at
+the end. --replicas N starts the layout of scripts/replicas.py instead (a throw-away PostgreSQL cluster unless
+--pg-url, N `heritage-match serve` replicas with data directories of their own and the photos in the database,
+an admin key, no rate limit). With several servers, client n talks to server n mod N throughout, so every
+server takes registrations and searches alike, and a search may look for a photo registered through another.
+
+It stops by itself: after --duration seconds or --max-requests requests, whichever comes first. Reports
+requests, errors and p50/p95 latency per kind, and counts per replica (`by_replica`), as JSON. With several
+servers it then checks that their indexes agree (`indexed_photos_after`, from /healthz; with --replicas on a
+fresh registry: exactly the photos registered), since replicas that answer fast but drift apart would be wrong.
+Exits 1 when any request failed or the indexes disagree.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,12 +61,23 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     sent: int = 0
+    # Per replica (server URL): {"requests": n, "errors": n, "by_kind": {kind: n}} (answered requests, as in
+    # by_kind).
+    servers: dict[str, dict] = field(default_factory=dict)
 
-    def add(self, kind: str, seconds: float) -> None:
+    def _server(self, url: str) -> dict:
+        return self.servers.setdefault(url, {"requests": 0, "errors": 0, "by_kind": {}})
+
+    def add(self, kind: str, seconds: float, server: str = "") -> None:
         self.latencies.setdefault(kind, []).append(seconds)
+        counts = self._server(server)
+        counts["requests"] += 1
+        counts["by_kind"][kind] = counts["by_kind"].get(kind, 0) + 1
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str, server: str = "") -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
+        if server:  # a crashed client or disagreeing indexes are no one replica's
+            self._server(server)["errors"] += 1
 
     def report(self, elapsed: float, clients: int) -> dict:
         kinds = {}
@@ -69,19 +92,20 @@ class Stats:
         total = sum(len(v) for v in self.latencies.values())
         return {"clients": clients, "seconds": round(elapsed, 1), "requests": total,
                 "errors": sum(self.errors.values()), "error_kinds": self.errors,
-                "requests_per_s": round(total / elapsed, 2) if elapsed else 0.0, "by_kind": kinds}
+                "requests_per_s": round(total / elapsed, 2) if elapsed else 0.0, "by_kind": kinds,
+                "by_replica": self.servers}
 
 
-async def _timed(stats: Stats, kind: str, call, expect: int) -> httpx.Response | None:
+async def _timed(stats: Stats, kind: str, call, expect: int, server: str = "") -> httpx.Response | None:
     t0 = time.perf_counter()
     try:
         r = await call()
     except httpx.HTTPError as exc:
-        stats.fail(f"{kind}: {type(exc).__name__}")
+        stats.fail(f"{kind}: {type(exc).__name__}", server)
         return None
-    stats.add(kind, time.perf_counter() - t0)
+    stats.add(kind, time.perf_counter() - t0, server)
     if r.status_code != expect:
-        stats.fail(f"{kind}: HTTP {r.status_code}")
+        stats.fail(f"{kind}: HTTP {r.status_code}", server)
         return None
     return r
 
@@ -89,6 +113,7 @@ async def _timed(stats: Stats, kind: str, call, expect: int) -> httpx.Response |
 async def client_loop(n: int, client: httpx.AsyncClient, stats: Stats, deadline: float, budget: list[int],
                       register_share: float, registered: list[bytes], run_id: str) -> None:
     rng = random.Random(n)
+    server = str(client.base_url).rstrip("/")
     i = 0
     while time.monotonic() < deadline and budget[0] > 0:
         budget[0] -= 1
@@ -96,35 +121,48 @@ async def client_loop(n: int, client: httpx.AsyncClient, stats: Stats, deadline:
         if rng.random() < register_share or not registered:
             data = photo(hash((run_id, n, i)) & 0xFFFFFFFF)
             r = await _timed(stats, "register", lambda: client.post(
-                "/v1/artefacts", json={"inventory_number": f"LOAD-{run_id}-{n}-{i}", "title": "load test"}), 201)
+                "/v1/artefacts", json={"inventory_number": f"LOAD-{run_id}-{n}-{i}", "title": "load test"}), 201,
+                server)
             if r is None:
                 continue
             art = r.json()["id"]
             if await _timed(stats, "add_photo", lambda: client.post(
-                    f"/v1/artefacts/{art}/photos", files={"image": ("p.jpg", data, "image/jpeg")}), 201):
-                registered.append(data)
+                    f"/v1/artefacts/{art}/photos", files={"image": ("p.jpg", data, "image/jpeg")}), 201, server):
+                registered.append(data)  # searched for by every client, through any server
         else:
             query = rng.choice(registered) if rng.random() < 0.5 else photo(rng.randrange(1 << 30))
             await _timed(stats, "search", lambda: client.post(
-                "/v1/search", files={"image": ("q.jpg", query, "image/jpeg")}), 200)
+                "/v1/search", files={"image": ("q.jpg", query, "image/jpeg")}), 200, server)
 
 
-async def run_load(url: str, key: str, clients: int = 32, duration: float = 60, max_requests: int = 20_000,
-                   register_share: float = 0.2) -> dict:
-    """Drive ``clients`` concurrent clients for ``duration`` seconds; returns the report."""
-    if urlsplit(url).hostname not in LOOPBACK:
-        raise SystemExit(f"refusing {url}: the load test runs against loopback only")
+async def run_load(url: str | Sequence[str], key: str, clients: int = 32, duration: float = 60,
+                   max_requests: int = 20_000, register_share: float = 0.2) -> dict:
+    """Drive ``clients`` concurrent clients for ``duration`` seconds against one server or several (client n
+    talks to server n mod N); returns the report."""
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no server to load")
+    for u in urls:
+        if urlsplit(u).hostname not in LOOPBACK:
+            raise SystemExit(f"refusing {u}: the load test runs against loopback only")
     stats = Stats()
     registered: list[bytes] = []
     budget = [max_requests]
     run_id = f"{os.getpid()}-{int(time.time())}"
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                 timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        servers = []
+        for i, u in enumerate(urls):
+            share = len(range(i, clients, len(urls))) or 1  # the clients that talk to it
+            limits = httpx.Limits(max_connections=share, max_keepalive_connections=share)
+            servers.append(await stack.enter_async_context(httpx.AsyncClient(
+                base_url=u.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=REQUEST_TIMEOUT_S,
+                limits=limits)))
+        for u in urls:
+            stats.servers[u.rstrip("/")] = {"requests": 0, "errors": 0, "by_kind": {}}  # listed even if idle
         start = time.monotonic()
         deadline = start + duration
-        tasks = [asyncio.create_task(client_loop(n, client, stats, deadline, budget, register_share, registered,
-                                                 run_id)) for n in range(clients)]
+        tasks = [asyncio.create_task(client_loop(n, servers[n % len(servers)], stats, deadline, budget,
+                                                 register_share, registered, run_id)) for n in range(clients)]
         # Requests in flight at the deadline may finish; nothing runs past one request timeout more.
         done, pending = await asyncio.wait(tasks, timeout=duration + REQUEST_TIMEOUT_S)
         for task in pending:
@@ -132,7 +170,30 @@ async def run_load(url: str, key: str, clients: int = 32, duration: float = 60, 
         for task in done:
             if task.exception():
                 stats.fail(f"client crashed: {task.exception()!r}")
-        return stats.report(time.monotonic() - start, clients)
+        elapsed = time.monotonic() - start
+        indexed = await _indexes_after(servers, stats) if len(servers) > 1 else None
+        report = stats.report(elapsed, clients)
+        report["photos_registered"] = len(registered)
+        if indexed is not None:
+            report["indexed_photos_after"] = indexed
+        return report
+
+
+async def _indexes_after(servers: list[httpx.AsyncClient], stats: Stats, settle_s: float = 10) -> dict[str, int]:
+    """Replicas of one registry must end with the same index: each one's photo count (/healthz), once they
+    agree, within ``settle_s`` after the load; an error if they never do."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        counts = {}
+        for client in servers:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                counts[str(client.base_url).rstrip("/")] = (await client.get("/healthz")).json()["index"]["count"]
+        if len(counts) == len(servers) and len(set(counts.values())) == 1:
+            return counts
+        if time.monotonic() > deadline:
+            stats.fail(f"the replicas' indexes differ {settle_s:.0f} s after the load: {counts}")
+            return counts
+        await asyncio.sleep(0.5)
 
 
 def free_port() -> int:
@@ -185,8 +246,12 @@ def local_server(model: str = "efficientnet-lite0", extra_env: dict | None = Non
 
 def main() -> int:
     ap = script_parser(__doc__)
-    ap.add_argument("--url", help="a running server on loopback; default: start one")
+    ap.add_argument("--url", action="append", help="a running server on loopback (again for each replica of one "
+                    "registry: clients are spread over them); default: start one")
     ap.add_argument("--key", help="API key (registrar or admin) for --url")
+    ap.add_argument("--replicas", type=int, help="start this many replicas on PostgreSQL (scripts/replicas.py) "
+                    "instead of one server on SQLite")
+    ap.add_argument("--pg-url", help="with --replicas: the registry database; default: a throw-away cluster")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--duration", type=float, default=60, help="seconds")
     ap.add_argument("--max-requests", type=int, default=20_000)
@@ -196,15 +261,36 @@ def main() -> int:
     args = ap.parse_args()
     if args.url and not args.key:
         ap.error("--url needs --key")
+    if args.url and args.replicas:
+        ap.error("--url and --replicas exclude each other: load running servers, or start replicas")
+    if args.replicas is not None and args.replicas < 1:
+        ap.error("--replicas must be at least 1")
+    if args.pg_url and not args.replicas:
+        ap.error("--pg-url goes with --replicas")
 
-    def go(url: str, key: str) -> dict:
-        return asyncio.run(run_load(url, key, args.clients, args.duration, args.max_requests, args.register_share))
+    def go(urls: str | list[str], key: str) -> dict:
+        return asyncio.run(run_load(urls, key, args.clients, args.duration, args.max_requests, args.register_share))
 
     if args.url:
         report = go(args.url, args.key)
+    elif args.replicas:
+        from scripts.replicas import replica_layout
+
+        with replica_layout(args.replicas, pg_url=args.pg_url, model=args.model,
+                            extra_env={"HM_RATE_LIMIT_PER_MINUTE": "0"}, log=True) as layout:
+            report = go(layout.urls, layout.key)
+        report.update(replicas=args.replicas, database="postgresql")
+        if not args.pg_url:  # a fresh registry: every replica's index holds exactly the photos registered
+            wrong = {u: n for u, n in report.get("indexed_photos_after", {}).items()
+                     if n != report["photos_registered"]}
+            if wrong:
+                report["errors"] += 1
+                report["error_kinds"][f"indexes other than the {report['photos_registered']} photos "
+                                      f"registered: {wrong}"] = 1
     else:
         with local_server(args.model) as (url, key):
             report = go(url, key)
+        report.update(replicas=1, database="sqlite")
     report["cpu_count"] = os.cpu_count()
     print(json.dumps(report, indent=2))
     if args.json:
