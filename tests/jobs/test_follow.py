@@ -35,6 +35,13 @@ def indexed(service) -> list[int]:
     return sorted(int(i) for i in service.index.ids())
 
 
+def wait_until_indexed(service, photo_id: int, seconds: float, failure: str) -> None:
+    started = time.monotonic()
+    while photo_id not in indexed(service):
+        assert time.monotonic() - started < seconds, failure
+        time.sleep(0.02)
+
+
 def test_each_change_is_recorded_in_its_transaction(service):
     start = service.store.last_change_seq()
     a = register(service, 1)
@@ -103,10 +110,7 @@ def test_the_running_follower_applies_a_change_within_two_seconds(service, repli
     try:
         time.sleep(0.3)  # listening
         a = register(service, 3)
-        started = time.monotonic()
-        while a.photos[0].id not in indexed(replica):
-            assert time.monotonic() - started < 2.0, "the change did not reach the other replica within 2 s"
-            time.sleep(0.02)
+        wait_until_indexed(replica, a.photos[0].id, 2.0, "the change did not reach the other replica within 2 s")
     finally:
         follower.stop()
 
@@ -128,9 +132,6 @@ def test_on_postgresql_a_notification_wakes_the_follower(service, replica, db_ba
     try:
         time.sleep(0.5)
         a = register(service, 4)
-        started = time.monotonic()
-        while a.photos[0].id not in indexed(replica):
-            assert time.monotonic() - started < 1.0, "NOTIFY did not wake the follower"
-            time.sleep(0.02)
+        wait_until_indexed(replica, a.photos[0].id, 1.0, "NOTIFY did not wake the follower")
     finally:
         follower.stop()
