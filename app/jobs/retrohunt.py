@@ -9,8 +9,9 @@ artefact at `possible` or `match` raises an alert (``AlertStore`` keeps one per 
 
 ``RetroHunter`` does this in the background for a running server: it follows the registry's photo ids
 (they only grow), so photos registered by any process (the API, the web pages, ``registry import``) are
-hunted within seconds, and a hunt interrupted by a stop is taken up at the next start. Its progress is a
-small file in the data directory; one process hunts at a time (a file lock).
+hunted within seconds, and a hunt interrupted by a stop is taken up at the next start. Its progress is kept
+in the registry database and one process hunts at a time: on PostgreSQL an advisory lock, so replicas on
+several machines take turns on one hunt; on SQLite a file lock in the data directory beside the database.
 """
 
 from __future__ import annotations
@@ -22,19 +23,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
 
 from app.core.errors import AppError
-from app.core.files import FILE_MODE, atomic_write
+from app.core.files import FILE_MODE
 from app.jobs.archive import ListingArchive
 from app.jobs.market import draft_alert
 from app.registry.alerts import AlertStore
-from app.registry.archive import ListingFacts
+from app.registry.archive import HuntPosition, ListingFacts
 
 if TYPE_CHECKING:
     from app.registry.models import Photo
@@ -49,6 +54,7 @@ BATCH = 16  # archived photos searched in one batch
 LATE_COMMIT_S = 60.0  # a registration's transaction commits well within this of its insert
 PURGE_EVERY_S = 24 * 3600  # the archive's retention is applied at start and daily
 ALERT_VERDICTS = ("match", "possible")
+_PG_HUNT_LOCK = 0x686D5F68756E7400  # pg_try_advisory_lock key of the hunt ("hm_hunt")
 
 
 @dataclass
@@ -134,24 +140,68 @@ class RetroHunt:
 
 
 class HuntProgress:
-    """The last registry photo id hunted, per model, kept in the data directory (written atomically)."""
+    """The last registry photo id hunted, per model, in the registry database (``hunt_positions``). It only moves
+    forward; a registry hunted by an earlier version takes over that version's file in the data directory."""
 
-    def __init__(self, data_dir: Path):
-        self.path = Path(data_dir) / STATE_FILE
+    def __init__(self, sessions: sessionmaker, data_dir: Path):
+        self.sessions = sessions
+        self.legacy_path = Path(data_dir) / STATE_FILE
 
     def last(self, fingerprint: str) -> int | None:
+        with self.sessions() as s:
+            found = s.scalar(select(HuntPosition.last_photo_id).where(HuntPosition.model_fingerprint == fingerprint))
+        if found is not None:
+            return int(found)
+        legacy = self._legacy(fingerprint)
+        if legacy is not None:
+            self.save(fingerprint, legacy)
+        return legacy
+
+    def save(self, fingerprint: str, photo_id: int) -> None:
+        for attempt in range(2):  # two processes saving a model's first position: the second updates it
+            try:
+                with self.sessions.begin() as s:
+                    row = s.get(HuntPosition, fingerprint, with_for_update=True)
+                    if row is None:
+                        s.add(HuntPosition(model_fingerprint=fingerprint, last_photo_id=int(photo_id)))
+                    elif photo_id > row.last_photo_id:
+                        row.last_photo_id = int(photo_id)
+                return
+            except IntegrityError:
+                if attempt:
+                    raise
+
+    def _legacy(self, fingerprint: str) -> int | None:
         try:
-            return int(json.loads(self.path.read_text()).get(fingerprint))
+            return int(json.loads(self.legacy_path.read_text()).get(fingerprint))
         except (OSError, ValueError, TypeError):
             return None
 
-    def save(self, fingerprint: str, photo_id: int) -> None:
+
+@contextmanager
+def hunt_turn(engine: Engine, data_dir: Path) -> Iterator[bool]:
+    """Whether this process may hunt now (True), held until the block ends; False: another one is hunting."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:  # a session lock on this connection, released before it goes back
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _PG_HUNT_LOCK}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_HUNT_LOCK})
+                    conn.commit()
+        return
+    fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
         try:
-            state = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            state = {}
-        state[fingerprint] = photo_id
-        atomic_write(self.path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 class RetroHunter:
@@ -164,7 +214,7 @@ class RetroHunter:
         self.poll_s = poll_s
         self.on_alert = on_alert  # e.g. WebhookDispatcher.wake: a new alert goes out at once
         self._purged_at = 0.0
-        self.progress = HuntProgress(service.settings.data_dir)
+        self.progress = HuntProgress(service.store.sessions, service.settings.data_dir)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -222,12 +272,9 @@ class RetroHunter:
         last = self.progress.last(fingerprint) or 0
         if self.service.store.last_photo_id() <= last or not self._pending(last):
             return report
-        lock = os.open(self.service.settings.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return report  # another worker is hunting
+        with hunt_turn(self.service.store.engine, self.service.settings.data_dir) as mine:
+            if not mine:
+                return report  # another worker or replica is hunting
             if self._hunt is None:
                 self._hunt = RetroHunt(self.service)
                 if self.on_alert is not None:
@@ -241,8 +288,9 @@ class RetroHunter:
                     self._hunted.update(p.id for p in photos)
                 # Ids are given in insert order, not commit order (PostgreSQL, concurrent writers): a photo
                 # whose transaction commits late may appear below ids already seen. So the kept progress only
-                # passes photos older than LATE_COMMIT_S; newer ones stay in the window, hunted once (this
-                # process remembers them; after a restart the alerts' dedupe keeps a second hunt harmless).
+                # passes photos older than LATE_COMMIT_S; newer ones stay in the window, hunted once by this
+                # process (it remembers them; after a restart, or when another replica takes the next turn, the
+                # alerts' dedupe keeps a second hunt of one harmless).
                 settled = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=LATE_COMMIT_S)
                 done = [p for p in window if p.id in self._hunted]
                 safe = last
@@ -255,8 +303,6 @@ class RetroHunter:
                     self._hunted = {i for i in self._hunted if i > safe}
                 if not photos:
                     break
-        finally:
-            os.close(lock)
         if report.alerts:
             log.info("Retro-hunt: %d registry photos, %d archived photos verified, %d alerts", report.registry_photos,
                      report.candidates, report.alerts)

@@ -128,6 +128,17 @@ class ArchiveVector(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian
 
 
+class HuntPosition(Base):
+    """The retro-hunt's progress per model: the last registry photo id hunted (``app.jobs.retrohunt``), in the
+    database so that replicas take turns on one hunt instead of each hunting every photo again."""
+
+    __tablename__ = "hunt_positions"
+
+    model_fingerprint: Mapped[str] = mapped_column(String(120), primary_key=True)
+    last_photo_id: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
 class ArchiveBlob(Base):
     """An archived photo's bytes (its downsized copy, or the full photo with ``archive_keep_full``), once per
     content, when the photo store is the database (``HM_PHOTO_STORE=database``): every replica reads them."""

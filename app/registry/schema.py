@@ -59,7 +59,7 @@ LEGACY_TABLES: dict[str, frozenset[str]] = {
     "0002": frozenset({"archive_photos", "archive_listings", "archive_sightings", "archive_vectors", "alerts",
                        "webhook_endpoints", "webhook_deliveries"}),
     "0003": frozenset({"registry_changes", "web_searches", "ended_sessions", "service_secrets", "rate_buckets",
-                       "photo_blobs", "archive_blobs"}),
+                       "photo_blobs", "archive_blobs", "hunt_positions"}),
 }
 
 

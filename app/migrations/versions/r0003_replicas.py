@@ -4,7 +4,8 @@ What several API replicas on one database need: the change feed each replica's i
 (registry_changes, app/registry/changes.py), the web searches and ended sessions that lived in the data
 directory's web-searches.db (web_searches, ended_sessions, app/security/models.py), the secret that signs web
 sessions and the rate limits' buckets (service_secrets, rate_buckets), and the photos' bytes for the database
-photo store (photo_blobs; archive_blobs for the listings archive's copies). New tables only: no row of 0002 changes.
+photo store (photo_blobs; archive_blobs for the listings archive's copies), and the retro-hunt's progress
+(hunt_positions), so that replicas share one hunt. New tables only: no row of 0002 changes.
 
 Revision ID: 0003
 Revises: 0002
@@ -28,6 +29,12 @@ def upgrade() -> None:
     sa.Column('format', sa.String(length=10), nullable=False),
     sa.Column('data', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('sha256')
+    )
+    op.create_table('hunt_positions',
+    sa.Column('model_fingerprint', sa.String(length=120), nullable=False),
+    sa.Column('last_photo_id', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('model_fingerprint')
     )
     op.create_table('ended_sessions',
     sa.Column('sid', sa.String(length=64), nullable=False),
@@ -109,3 +116,4 @@ def downgrade() -> None:
 
     op.drop_table('ended_sessions')
     op.drop_table('archive_blobs')
+    op.drop_table('hunt_positions')
