@@ -51,7 +51,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from app.core.db import Base, utcnow
 from app.core.files import file_lock, private_dir, sha256_hex
-from app.registry.photos import PhotoStore
+from app.registry.photos import DatabasePhotoStore, PhotoStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -298,33 +298,29 @@ class ArchiveStore:
         self.sessions = sessions
         self.files = PhotoStore(root)
         self.root = Path(root)
-        self.in_database = in_database
+        # The registry's database photo store over the archive's own table: an archived copy is kept while an
+        # archived photo names it (as its copy, or as its full bytes).
+        self.blobs = DatabasePhotoStore(sessions, blob=ArchiveBlob, referenced=lambda: or_(
+            exists().where(ArchivePhoto.copy_sha256 == ArchiveBlob.sha256),
+            exists().where(ArchivePhoto.sha256 == ArchiveBlob.sha256, ArchivePhoto.has_full.is_(True)),
+        )) if in_database else None
         self._write_lock_path = self.root / ".write.lock"
 
     def _put(self, s: Session, data: bytes, sha256: str, fmt: str) -> None:
-        if not self.in_database:
+        if self.blobs is not None:
+            self.blobs.add(s, [(sha256, fmt[:10], data)])  # locked to the commit: a purge waits, then keeps it
+        else:
             self.files.put(data, sha256, fmt)
-            return
-        # Locked to the commit: a purge deleting this blob waits for it, then sees the photo that names it.
-        if s.get(ArchiveBlob, sha256, with_for_update=True) is None:
-            s.add(ArchiveBlob(sha256=sha256, format=fmt[:10], data=data))
-            s.flush()
 
     def _read(self, sha256: str, fmt: str) -> bytes:
-        if not self.in_database:
-            return self.files.read(sha256, fmt)
-        with self.sessions() as s:
-            data = s.scalar(select(ArchiveBlob.data).where(ArchiveBlob.sha256 == sha256))
-        if data is None:
-            raise FileNotFoundError(f"archived photo {sha256} is not in the database")
-        return bytes(data)
+        return self.blobs.read(sha256, fmt) if self.blobs is not None else self.files.read(sha256, fmt)
 
     @contextmanager
     def _file_writes(self, exclusive: bool = False):
         """Held shared from writing files until their rows commit, exclusive to delete files: a purge
         never judges a file unreferenced while a writer is between its file and its commit. In the database the
-        rows' own locks do that (``_put``, ``_delete_unreferenced_blobs``)."""
-        if self.in_database:
+        rows' own locks do that (``DatabasePhotoStore``)."""
+        if self.blobs is not None:
             yield
             return
         private_dir(self.root)
@@ -675,8 +671,12 @@ class ArchiveStore:
         return report
 
     def _delete_unreferenced(self, names: set[str]) -> int:
-        if self.in_database:
-            return self._delete_unreferenced_blobs({name.split("\0")[0] for name in names})
+        if self.blobs is not None:
+            removed = 0
+            for batch in _batches(sorted({name.split("\0")[0] for name in names})):
+                with self.sessions.begin() as s:
+                    removed += len(self.blobs.delete_unused(s, batch))
+            return removed
         removed = 0
         with self._file_writes(exclusive=True), self.sessions() as s:
             for name in sorted(names):
@@ -687,19 +687,4 @@ class ArchiveStore:
                 if not used and path.exists():
                     path.unlink(missing_ok=True)
                     removed += 1
-        return removed
-
-    def _delete_unreferenced_blobs(self, sha256s: set[str]) -> int:
-        """Delete blobs no archived photo names. Locked first, then deleted by a second statement: on PostgreSQL a
-        DELETE that waited for a row lock re-checks that row only, not whether a photo naming it committed meanwhile;
-        the second statement's snapshot sees it. A photo recorded after finds the blob gone and writes it again."""
-        removed = 0
-        used = or_(exists().where(ArchivePhoto.copy_sha256 == ArchiveBlob.sha256),
-                   exists().where(ArchivePhoto.sha256 == ArchiveBlob.sha256, ArchivePhoto.has_full.is_(True)))
-        for batch in _batches(sorted(sha256s)):
-            with self.sessions.begin() as s:
-                s.execute(select(ArchiveBlob.sha256).where(ArchiveBlob.sha256.in_(batch))
-                          .order_by(ArchiveBlob.sha256).with_for_update())
-                removed += _count(s.execute(delete(ArchiveBlob).where(ArchiveBlob.sha256.in_(batch), ~used),
-                                            execution_options=_NO_SYNC))
         return removed

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import ColumnElement, delete, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -111,7 +111,8 @@ READ_CACHE_BYTES = 32 << 20
 
 
 class DatabasePhotoStore:
-    """Photo bytes in the registry database's ``photo_blobs`` table, once per SHA-256.
+    """Photo bytes in the registry database's ``photo_blobs`` table, once per SHA-256 (or, given ``blob`` and
+    ``referenced``, another table of the same shape: the listings archive's ``archive_blobs``).
 
     ``add`` and ``delete_unused`` work in the caller's session, the transaction that adds or removes the photo
     rows: the blob commits with its rows or not at all, so no crash leaves an unreferenced blob or a row without
@@ -120,8 +121,13 @@ class DatabasePhotoStore:
     cached photo can never be stale.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], cache_bytes: int = READ_CACHE_BYTES):
+    def __init__(self, sessions: sessionmaker[Session], cache_bytes: int = READ_CACHE_BYTES, blob: Any = PhotoBlob,
+                 referenced: Callable[[], ColumnElement[bool]] | None = None):
+        """``blob``: the table's class (columns sha256, format, data); ``referenced``: the condition that some row
+        still names a blob of it (default: a registry photo with its SHA-256)."""
         self.sessions = sessions
+        self.blob = blob
+        self.referenced = referenced or (lambda: exists().where(Photo.sha256 == self.blob.sha256))
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
@@ -137,7 +143,7 @@ class DatabasePhotoStore:
                 self._cache.move_to_end(sha256)
                 return data
         with self.sessions() as s:
-            stored = s.scalar(select(PhotoBlob.data).where(PhotoBlob.sha256 == sha256))
+            stored = s.scalar(select(self.blob.data).where(self.blob.sha256 == sha256))
         if stored is None:
             raise FileNotFoundError(f"The registry database holds no bytes for photo {sha256}.")
         data = bytes(stored)
@@ -147,7 +153,7 @@ class DatabasePhotoStore:
     def has(self, sha256: str, fmt: str) -> bool:
         check_key(sha256)
         with self.sessions() as s:
-            return s.scalar(select(PhotoBlob.sha256).where(PhotoBlob.sha256 == sha256)) is not None
+            return s.scalar(select(self.blob.sha256).where(self.blob.sha256 == sha256)) is not None
 
     def _remember(self, sha256: str, data: bytes) -> None:
         if len(data) > self.cache_bytes // 8:
@@ -178,12 +184,12 @@ class DatabasePhotoStore:
             fmt, data = unique[sha]
             row = {"sha256": sha, "format": fmt, "data": data}
             if s.get_bind().dialect.name == "postgresql":
-                upsert = postgresql.insert(PhotoBlob).values(row)
-                s.execute(upsert.on_conflict_do_update(index_elements=[PhotoBlob.sha256],
+                upsert = postgresql.insert(self.blob).values(row)
+                s.execute(upsert.on_conflict_do_update(index_elements=[self.blob.sha256],
                                                        set_={"format": upsert.excluded["format"]}))
             else:
-                s.execute(sqlite.insert(PhotoBlob).values(row).on_conflict_do_nothing(
-                    index_elements=[PhotoBlob.sha256]))
+                s.execute(sqlite.insert(self.blob).values(row).on_conflict_do_nothing(
+                    index_elements=[self.blob.sha256]))
 
     def delete_unused(self, s: Session, sha256s: Iterable[str]) -> list[str]:
         """Delete, in ``s``'s transaction, the blobs of these photos that no photo row references any more (the
@@ -199,8 +205,8 @@ class DatabasePhotoStore:
         if not wanted:
             return []
         s.flush()  # the caller's deleted photo rows must be gone before "unused" is judged
-        s.execute(select(PhotoBlob.sha256).where(PhotoBlob.sha256.in_(wanted))
-                  .order_by(PhotoBlob.sha256).with_for_update())
+        s.execute(select(self.blob.sha256).where(self.blob.sha256.in_(wanted))
+                  .order_by(self.blob.sha256).with_for_update())
         return self._delete_unreferenced(s, wanted)
 
     def remove_orphans(self) -> int:
@@ -212,15 +218,15 @@ class DatabasePhotoStore:
         never sees it; the lock-then-judge order is ``delete_unused``'s.
         """
         with self.sessions.begin() as s:
-            candidates = list(s.scalars(select(PhotoBlob.sha256).where(_unreferenced())
-                                        .order_by(PhotoBlob.sha256).with_for_update()))
+            candidates = list(s.scalars(select(self.blob.sha256).where(~self.referenced())
+                                        .order_by(self.blob.sha256).with_for_update()))
             if not candidates:
                 return 0
             return len(self._delete_unreferenced(s, candidates))
 
     def _delete_unreferenced(self, s: Session, sha256s: Sequence[str]) -> list[str]:
-        statement = (delete(PhotoBlob).where(PhotoBlob.sha256.in_(sha256s), _unreferenced())
-                     .returning(PhotoBlob.sha256).execution_options(synchronize_session=False))
+        statement = (delete(self.blob).where(self.blob.sha256.in_(sha256s), ~self.referenced())
+                     .returning(self.blob.sha256).execution_options(synchronize_session=False))
         deleted = list(s.scalars(statement))
         # Forgotten already before the commit: a rollback then costs one read again, never a wrong answer.
         with self._cache_lock:
@@ -233,8 +239,4 @@ class DatabasePhotoStore:
     def stored_keys(self) -> set[str]:
         """The SHA-256 of every blob (for ``db move-photos``)."""
         with self.sessions() as s:
-            return set(s.scalars(select(PhotoBlob.sha256)))
-
-
-def _unreferenced():
-    return ~exists().where(Photo.sha256 == PhotoBlob.sha256)
+            return set(s.scalars(select(self.blob.sha256)))
