@@ -134,8 +134,10 @@ class MatchEvidence(BaseModel):
     exact_reuse: bool = Field(default=False, description="The query re-uses this registry photo (perceptual hash).")
     cosine: float | None = Field(default=None, description="Embedding similarity to the artefact's best photo.")
     margin: float | None = Field(default=None, description="Cosine lead over the best other artefact.")
-    colour: float | None = Field(default=None, description="Colour-signature similarity, 0 to 1.")
+    colour: float | None = Field(default=None, description="Colour-signature similarity of the whole pictures, 0 to 1.")
     colour_margin: float | None = Field(default=None, description="Colour lead over the best other artefact.")
+    object_colour: float | None = Field(
+        default=None, description="Colour similarity of the object alone, its background left out (0 to 1).")
     inliers: int = Field(default=0, description="Keypoint matches consistent with one geometric transform.")
     matches: int = Field(
         default=0, description="Keypoint matches (mutual nearest, ratio test) before the geometric check."

@@ -40,7 +40,7 @@ from app.pipeline.verdict import same_object_shortfall
 # artefact a candidate is). Registry evidence is fitted only when the held-out figures justify it
 # (``compare_feature_sets``): an unregistered object whose nearest registered neighbour is its own
 # sibling has a large margin.
-PAIR_FEATURES = ("cosine", "colour", "log_inliers", "log_matches", "coverage", "surface")
+PAIR_FEATURES = ("cosine", "colour", "object_colour", "log_inliers", "log_matches", "coverage", "surface")
 REGISTRY_FEATURES = ("margin", "colour_margin")
 FOLDS = 5
 # The fit sees each query's nearest candidates by embedding: verdicts are decided among the first
@@ -59,7 +59,8 @@ def evidence(row: dict) -> Evidence:
     surface = row.get("surface")
     return Evidence(row["cosine"] or 0.0, row["margin"] or 0.0, row["colour"] or 0.0, row["inliers"] or 0,
                     row.get("colour_margin") or 0.0, row.get("matches") or 0, row.get("coverage") or 0.0,
-                    surface or 0.0, int(row.get("surface_cells") or 0) if surface is not None else 0)
+                    surface or 0.0, int(row.get("surface_cells") or 0) if surface is not None else 0,
+                    row.get("object_colour") or 0.0)
 
 
 def clopper_pearson_upper(k: int, n: int, confidence: float = CONFIDENCE) -> float | None:

@@ -128,7 +128,7 @@ def _candidate_rows(query: dict, expected: list[str], results: list[SearchResult
             "tags": query.get("tags", []),
             "label": int(id_of.get(r.artefact_id) in expected), "open_set": not expected,
             "exact_reuse": ev.exact_reuse, "cosine": ev.cosine, "margin": ev.margin, "colour": ev.colour,
-            "colour_margin": ev.colour_margin, "matches": ev.matches,
+            "colour_margin": ev.colour_margin, "object_colour": ev.object_colour, "matches": ev.matches,
             "inliers": ev.inliers, "coverage": ev.coverage, "surface": ev.surface,
             "surface_cells": ev.surface_cells, "score": r.score,
             "verdict": r.verdict, "photo_id": r.photo_id,

@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 
 # The names are the keys of the fitted weights.
-FEATURES = ("cosine", "margin", "colour", "colour_margin", "log_inliers", "log_matches", "coverage", "surface")
+FEATURES = ("cosine", "margin", "colour", "colour_margin", "log_inliers", "log_matches", "coverage", "surface",
+            "object_colour")
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,14 @@ class Evidence:
     # many cells were compared (0: not compared).
     surface: float = 0.0
     surface_cells: int = 0
+    # Colour similarity of the object alone (background left out) to the best photo: objects of one
+    # kind seen from another side (six white cups, six red apples) differ in little else.
+    object_colour: float = 0.0
 
     def vector(self) -> dict[str, float]:
         return {"cosine": self.cosine, "margin": self.margin, "colour": self.colour,
                 "colour_margin": self.colour_margin, "log_inliers": math.log1p(max(self.inliers, 0)),
                 "log_matches": math.log1p(max(self.matches, 0)), "coverage": self.coverage,
-                "surface": self.surface if self.surface_cells else 0.0}
+                "surface": self.surface if self.surface_cells else 0.0, "object_colour": self.object_colour}
 
 

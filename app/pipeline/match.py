@@ -41,6 +41,7 @@ class PhotoEvidence:
 
     colour: np.ndarray
     features: LocalFeatures
+    object_colour: np.ndarray
 
 
 @dataclass
@@ -107,24 +108,27 @@ def gather_evidence(
     found = []
     with single_threaded_blas():
         for i, (c, checked) in enumerate(zip(candidates, photos_to_check(candidates, verify))):
-            best_photo, geometry, colour, matches = c.photo_id, NO_GEOMETRY, 0.0, 0
+            best_photo, geometry, colour, object_colour, matches = c.photo_id, NO_GEOMETRY, 0.0, 0.0, 0
             for pid in checked:
                 ref = photos.get(pid)
                 if ref is None:
                     continue
                 colour = max(colour, float(np.dot(query.colour, ref.colour)))
+                object_colour = max(object_colour, float(np.dot(query.object_colour, ref.object_colour)))
                 if i < verify:
                     assert query.features is not None  # PhotoSearch extracts them before verification
                     g = verify_geometry(query.features, ref.features)
                     matches = max(matches, g.matches)
                     if g.inliers > geometry.inliers:
                         best_photo, geometry = pid, g
-            found.append((colour, best_photo, geometry, matches))
+            found.append((colour, best_photo, geometry, matches, object_colour))
     cosine_margins = margins([c.score for c in candidates], calibration.background_cosine)
     colour_margins = margins([f[0] for f in found], 0.0)
     return [
-        (Evidence(c.score, m, colour, geometry.inliers, cm, matches, geometry.coverage), best_photo, geometry)
-        for c, m, cm, (colour, best_photo, geometry, matches) in zip(candidates, cosine_margins, colour_margins, found)
+        (Evidence(c.score, m, colour, geometry.inliers, cm, matches, geometry.coverage, object_colour=object_colour),
+         best_photo, geometry)
+        for c, m, cm, (colour, best_photo, geometry, matches, object_colour)
+        in zip(candidates, cosine_margins, colour_margins, found)
     ]
 
 

@@ -46,13 +46,24 @@ def full_frame(image: Image.Image) -> Box:
     return Box(0, 0, image.width, image.height)
 
 
-def foreground_mask(image: Image.Image) -> tuple[np.ndarray, float]:
-    """Foreground on a small copy, and the copy's scale. Background = colours seen on the border."""
+@dataclass(frozen=True)
+class Foreground:
+    """Where the object is, found once per photo: the region proposals and the object's colours
+    (``signature.object_colour_signature``) both read it."""
+
+    mask: np.ndarray  # (h, w) uint8, 255 on the object, on the small copy
+    scale: float  # small copy / original
+    small: np.ndarray  # (h, w, 3) uint8 RGB: the small copy itself
+
+
+def find_foreground(image: Image.Image) -> Foreground:
+    """Foreground on a small copy. Background = colours seen on the border."""
     w, h = image.size
     scale = WORK_SIDE / max(w, h)
-    small = image.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale))),
-                                        Image.Resampling.BILINEAR)
-    lab: np.ndarray = cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
+    small_image = image.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale))),
+                                              Image.Resampling.BILINEAR)
+    small = np.asarray(small_image)
+    lab: np.ndarray = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
     lab = cv2.GaussianBlur(lab, (5, 5), 0)
     border = np.concatenate([lab[:3].reshape(-1, 3), lab[-3:].reshape(-1, 3),
                              lab[:, :3].reshape(-1, 3), lab[:, -3:].reshape(-1, 3)])
@@ -65,20 +76,21 @@ def foreground_mask(image: Image.Image) -> tuple[np.ndarray, float]:
                                2, cv2.KMEANS_PP_CENTERS)
     dist = np.min(np.linalg.norm(lab[:, :, None, :] - centres[None, None], axis=3), axis=2)
     # Edges count too: an object with the backdrop's colour still has an outline and texture.
-    grey = cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     grad = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(np.float32)
     score = dist / max(float(np.percentile(dist, 99)), 1.0) + 0.5 * grad / max(float(np.percentile(grad, 99)), 1.0)
     score8 = np.clip(score * 127, 0, 255).astype(np.uint8)
     _, mask = cv2.threshold(score8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    return mask, scale
+    return Foreground(mask, scale, small)
 
 
-def propose_regions(image: Image.Image) -> list[Box]:
+def propose_regions(image: Image.Image, foreground: Foreground | None = None) -> list[Box]:
     """The tight box around all foreground, then the largest separate parts (several objects)."""
     frame = full_frame(image)
-    mask, scale = foreground_mask(image)
+    fg = foreground if foreground is not None else find_foreground(image)
+    mask, scale = fg.mask, fg.scale
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     total = mask.shape[0] * mask.shape[1]
     parts = [stats[i] for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_PART * total]

@@ -36,7 +36,7 @@ from app.pipeline.match import (
 )
 from app.pipeline.regions import Box, crop, full_frame, propose_regions
 from app.pipeline.retrieve import VectorIndex
-from app.pipeline.signature import PhotoAnalysis, VisualSignature, colour_from_bytes, compute_signature, hamming
+from app.pipeline.signature import PhotoAnalysis, VisualSignature, analyse_photo, colours_from_bytes, hamming
 from app.pipeline.surface import SURFACE_SIDE, QueryPyramid, compare_surface
 from app.pipeline.verdict import MIN_INLIERS, evidence_line, surface_agrees
 from app.registry.models import ArtefactStatus, Photo
@@ -144,9 +144,9 @@ class PhotoSearch:
         if not decoded:
             return []
         k = top_k or self.settings.top_k
-        analyses: list[PhotoAnalysis | None] = [d.analysis for d in decoded]
-        signatures = [a.signature if a else compute_signature(d.image, features=False)
-                      for a, d in zip(analyses, decoded)]
+        analyses = [d.analysis or analyse_photo(d.image, self.settings.region_proposals, features=False)
+                    for d in decoded]
+        signatures = [a.signature for a in analyses]
         judged: list[list[Judged] | None] = [self._exact_reuse(sig, k, d.image) or None
                                              for sig, d in zip(signatures, decoded)]
         regions = {i: self._regions(decoded[i], analyses[i]) for i, j in enumerate(judged) if j is None}
@@ -179,12 +179,12 @@ class PhotoSearch:
             for d, j in zip(decoded, judged)
         ]
 
-    def _regions(self, decoded: DecodedImage, analysis: PhotoAnalysis | None = None) -> list[Box]:
+    def _regions(self, decoded: DecodedImage, analysis: PhotoAnalysis) -> list[Box]:
         """The whole frame first, then object proposals (several objects, clutter)."""
         frame = full_frame(decoded.image)
         if not self.settings.region_proposals:
             return [frame]
-        if analysis is not None and analysis.proposals is not None:
+        if analysis.proposals is not None:
             return [frame] + analysis.proposals
         return [frame] + propose_regions(decoded.image)
 
@@ -242,8 +242,11 @@ class PhotoSearch:
         if missing:
             self.backfill_signatures(self.store.photos_by_ids(missing))
             rows = self.store.signatures(photo_ids)
-        return {pid: PhotoEvidence(colour_from_bytes(r.colour), LocalFeatures.from_bytes(r.features))
-                for pid, r in rows.items()}
+        out = {}
+        for pid, r in rows.items():
+            colour, object_colour = colours_from_bytes(r.colour)
+            out[pid] = PhotoEvidence(colour, LocalFeatures.from_bytes(r.features), object_colour)
+        return out
 
     def backfill_signatures(self, photos: list[Photo], progress: Callable[[int], Any] | None = None) -> int:
         """Compute and store signatures for these photos; a photo that cannot be read is skipped."""
@@ -251,7 +254,7 @@ class PhotoSearch:
         for photo in photos:
             try:
                 image = self.decode(self.store.photos.read(photo.sha256, photo.format)).image
-                done.append((photo.id, compute_signature(image)))
+                done.append((photo.id, analyse_photo(image, proposals=False).signature))
             except (AppError, OSError) as exc:
                 log.error("Photo %d has no signature: %s", photo.id, exc)
             if progress:
@@ -293,9 +296,10 @@ class PhotoSearch:
             if not surface_agrees(surface.agreement, surface.cells):
                 continue  # same layout, other content somewhere: searched like any photo
             cand = Candidate(owner[pid], pid, 1.0, 0, (pid,))
+            object_colour = float(np.dot(signature.object_colour, ev.object_colour))
             found[owner[pid]] = Judged(cand, Evidence(1.0, 1.0, colour, 0, surface=surface.agreement,
-                                                      surface_cells=surface.cells), 1.0, "match", pid,
-                                       exact_reuse=True)
+                                                      surface_cells=surface.cells, object_colour=object_colour),
+                                       1.0, "match", pid, exact_reuse=True)
         return list(found.values())[:top_k]
 
     def _hash_table(self) -> tuple[np.ndarray, np.ndarray]:
@@ -324,11 +328,13 @@ class PhotoSearch:
             ev = j.evidence
             surface = round(ev.surface, 4) if ev.surface_cells else None
             summary = evidence_line(ev, j.verdict, j.exact_reuse)
-            evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4), surface=surface,
+            evidence = (MatchEvidence(exact_reuse=True, colour=round(ev.colour, 4),
+                                      object_colour=round(ev.object_colour, 4), surface=surface,
                                       surface_cells=ev.surface_cells, summary=summary)
                         if j.exact_reuse else
                         MatchEvidence(cosine=round(float(np.clip(ev.cosine, -1, 1)), 6), margin=round(ev.margin, 6),
                                       colour=round(ev.colour, 4), colour_margin=round(ev.colour_margin, 4),
+                                      object_colour=round(ev.object_colour, 4),
                                       inliers=ev.inliers, matches=ev.matches, coverage=round(ev.coverage, 4),
                                       surface=surface, surface_cells=ev.surface_cells, summary=summary))
             results.append(SearchResult(
@@ -337,3 +343,4 @@ class PhotoSearch:
                 photo_url=photo_url(j.photo_id), region=region, evidence=evidence,
             ))
         return results
+

@@ -114,7 +114,11 @@ class Embedding(Base):
 
 # The version of the signatures the search computes (app/pipeline/signature.py): bump it when any
 # signature changes meaning, and stored signatures of an older version are recomputed.
-SIGNATURE_VERSION = 2
+# 3: the colour column holds the object's colour signature after the whole picture's.
+SIGNATURE_VERSION = 3
+# The perceptual hash has been computed the same way since this version: hashes stored by it or later
+# still find a re-used registry photo before their signature is recomputed.
+PHASH_SINCE_VERSION = 1
 
 
 class PhotoSignature(Base):

@@ -35,7 +35,7 @@ from app.registry.changes import (
     purge_before,
     record_change,
 )
-from app.registry.models import SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
+from app.registry.models import PHASH_SINCE_VERSION, SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
 from app.registry.photos import DatabasePhotoStore, PhotoStore
 from app.security.audit import record_event
 
@@ -470,10 +470,11 @@ class RegistryStore:
                     s.merge(_signature_row(photo_id, sig))
 
     def photo_hashes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(photo ids, perceptual hashes) of every photo with a current signature."""
+        """(photo ids, perceptual hashes) of every photo with a signature whose hash is current (an
+        outdated signature's other parts are recomputed when the photo is compared)."""
         with self.sessions() as s:
             rows = s.execute(select(PhotoSignature.photo_id, PhotoSignature.phash)
-                             .where(PhotoSignature.version == SIGNATURE_VERSION)).all()
+                             .where(PhotoSignature.version >= PHASH_SINCE_VERSION)).all()
         return (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
                 np.fromiter((r[1] for r in rows), np.int64, len(rows)))
 

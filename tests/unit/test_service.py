@@ -137,6 +137,23 @@ def test_photos_without_signatures_get_them_on_first_search_or_backfill(service)
     assert service.store.photos_missing_signatures() == []
 
 
+def test_signatures_of_an_older_version_still_find_reuse_and_are_recomputed(service):
+    from sqlalchemy import select, update
+
+    from app.registry.models import SIGNATURE_VERSION, PhotoSignature
+
+    register(service, 3)
+    # As an upgrade finds them: the hash is still good, the colours are in an older layout.
+    with service.store.sessions.begin() as s:
+        s.execute(update(PhotoSignature).values(version=SIGNATURE_VERSION - 1, colour=b"\x00\x3c" * 52))
+    assert len(service.store.photos_missing_signatures()) == 3
+    response = service.search(jpeg_bytes(random_photo(2).resize((200, 150)), quality=40))
+    assert [r.inventory_number for r in response.results] == ["A-2"] and response.results[0].evidence.exact_reuse
+    with service.store.sessions() as s:
+        versions = dict(s.execute(select(PhotoSignature.photo_id, PhotoSignature.version)).all())
+    assert sorted(versions.values()) == [SIGNATURE_VERSION - 1, SIGNATURE_VERSION - 1, SIGNATURE_VERSION]
+
+
 def test_a_reused_registry_photo_is_found_by_its_hash_alone(service):
     register(service, 3)
     copy = random_photo(2).resize((200, 150))

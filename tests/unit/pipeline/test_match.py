@@ -29,7 +29,8 @@ def test_margins_compare_each_candidate_with_the_best_other():
 def test_geometry_lifts_the_same_object_above_a_closer_lookalike():
     ref_same, ref_look = textured(21), textured(22)
     query = compute_signature(reopen(ref_same.rotate(10, fillcolor=(90, 90, 90))))
-    photos = {pid: PhotoEvidence(compute_signature(img).colour, extract_features(img))
+    photos = {pid: PhotoEvidence((sig := compute_signature(img, features=False)).colour, extract_features(img),
+                                 sig.object_colour)
               for pid, img in ((1, ref_look), (2, ref_same))}
     # The lookalike has the higher embedding cosine; only verification can tell.
     cands = [Candidate(100, 1, 0.86, 0, (1,)), Candidate(200, 2, 0.84, 0, (2,))]
