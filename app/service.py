@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from app.core.config import Settings
 from app.core.errors import AppError
@@ -22,11 +23,12 @@ from app.core.files import private_data_dir
 from app.embedding import ImageEncoder, create_encoder
 from app.pipeline.calibrate import Calibration
 from app.pipeline.decode import DecodedImage
+from app.pipeline.regions import Box, crop, object_box, propose_regions
 from app.pipeline.retrieve import SharedIndex, VectorIndex
 from app.pipeline.search import PhotoSearch
-from app.pipeline.signature import compute_signature
+from app.pipeline.signature import analyse_photo
 from app.registry.changes import INDEX_REBUILT, PHOTOS_ADDED, PHOTOS_REMOVED, Change
-from app.registry.models import Artefact, Photo
+from app.registry.models import Artefact, Photo, object_fingerprint
 from app.registry.store import ArtefactFilter, NewPhoto, RegistryStore
 from app.schemas import ArtefactCreate, ArtefactUpdate, IndexRebuildReport, IndexStatus, ModelInfo, SearchResponse
 
@@ -141,6 +143,7 @@ class MatchingService:
                     embedded += len(self.store.put_vectors(active, list(zip(ok, vecs))))
                 if progress:
                     progress(len(chunk))
+            self._embed_object_views(progress)  # a photo that cannot be read was counted above
 
         def rebuild(saved: VectorIndex | None) -> VectorIndex:
             ids, vecs = self.store.vectors(active)
@@ -153,6 +156,30 @@ class MatchingService:
         missing = len(self.store.photos_missing_vectors(active))
         return IndexRebuildReport(fingerprint=active, vectors=index.count, embedded=embedded, failed=failed,
                                   missing=missing, version=index.version)
+
+    def photos_missing_object_views(self) -> list[Photo]:
+        return self.store.photos_missing_vectors(object_fingerprint(self.fingerprint))
+
+    def _embed_object_views(self, progress: Progress | None = None) -> None:
+        """Object views of photos registered before they existed (or under another model)."""
+        todo = self.photos_missing_object_views()
+        for start in range(0, len(todo), self.encoder.batch_size):
+            chunk = todo[start : start + self.encoder.batch_size]
+            images, proposals, ok = [], [], []
+            for photo in chunk:
+                try:
+                    image = self.decode(self.store.photos.read(photo.sha256, photo.format)).image
+                except (AppError, OSError) as exc:
+                    log.error("Photo %d has no object view: %s", photo.id, exc)
+                    continue
+                images.append(image)
+                proposals.append(propose_regions(image))
+                ok.append(photo.id)
+            _, objects = self._embed_views(images, proposals)
+            if ok:
+                self.store.put_object_vectors(self.fingerprint, list(zip(ok, objects)))
+            if progress:
+                progress(len(chunk))
 
     def index_status(self) -> IndexStatus:
         idx = self.index
@@ -182,12 +209,25 @@ class MatchingService:
                     exc.message = f"{item.label}: {exc.message}"
                     exc.args = (exc.message,)
                 raise
-        vectors: np.ndarray | list[np.ndarray] = self.encoder.embed([d.image for d in decoded]) if decoded else []
+        analyses = [analyse_photo(d.image, proposals=True) for d in decoded]
+        frames, objects = self._embed_views([d.image for d in decoded], [a.proposals or [] for a in analyses])
         return [
             NewPhoto(data=item.data, sha256=d.sha256, format=d.format, width=d.width, height=d.height,
-                     vector=vec, view=item.view, signature=compute_signature(d.image))
-            for item, d, vec in zip(inputs, decoded, vectors)
+                     vector=vec, view=item.view, signature=a.signature, object_vector=obj)
+            for item, d, a, vec, obj in zip(inputs, decoded, analyses, frames, objects)
         ]
+
+    def _embed_views(self, images: list[Image.Image], proposals: list[list[Box]]) -> tuple[list, list]:
+        """Each photo's whole frame and its object's box alone (an empty vector where the object fills
+        the frame), in one batch. Searches compare the query's regions with both (``PhotoSearch``)."""
+        boxes = [object_box(im, p) for im, p in zip(images, proposals)]
+        crops = [crop(im, b) for im, b in zip(images, boxes) if b is not None]
+        if not images:
+            return [], []
+        vectors = self.encoder.embed(images + crops)
+        frames, rest = list(vectors[:len(images)]), iter(vectors[len(images):])
+        objects = [next(rest) if b is not None else np.zeros(0, np.float32) for b in boxes]
+        return frames, objects
 
     def register_artefact(self, fields: dict, photos: list[PhotoInput] | list[NewPhoto]) -> Artefact:
         """Validate the record, then store it with its photos in one transaction and index them."""

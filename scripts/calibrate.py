@@ -9,7 +9,7 @@ pack's false-match rate comes with its Clopper-Pearson 95% upper bound. The fina
 and is written, with the held-out figures, to ``app/pipeline/calibrations/<model>.json``.
 
     .venv/bin/python -m scripts.make_listing_pack --demo-coins out/coins-listing --holdout 4 --lots 6 --twins 20
-    HM_MODEL=efficientnet-lite0 .venv/bin/python -m scripts.calibrate ../shared/benchmarks/museum-paintings \\
+    HM_MODEL=efficientnet-lite1 .venv/bin/python -m scripts.calibrate ../shared/benchmarks/museum-paintings \\
         ../shared/benchmarks/coil100-views ../shared/benchmarks/eth80-views out/coins-listing
 """
 

@@ -17,7 +17,7 @@ from app.core.errors import ConfigError, ModelUnavailable
 
 def models_list() -> None:
     """The models this installation can use and whether their weights are present."""
-    from app.embedding import OFFLINE_MODEL, resolve_model
+    from app.embedding import OFFLINE_MODELS, resolve_model
     from app.embedding.models.clip import ClipSpec, find_clip_weights
     from app.embedding.models.efficientnet import efficientnet_weights
 
@@ -25,11 +25,12 @@ def models_list() -> None:
     table = Table(title=f"models (HM_MODEL={settings.model} -> {resolve_model(settings)})")
     table.add_column("model")
     table.add_column("weights")
-    try:
-        eff: str | None = str(efficientnet_weights())
-    except ModelUnavailable:
-        eff = None
-    table.add_row(OFFLINE_MODEL, eff or "[red]not installed[/red]")
+    for name in OFFLINE_MODELS:
+        try:
+            eff: str | None = str(efficientnet_weights(name))
+        except ModelUnavailable:
+            eff = None
+        table.add_row(name, eff or "[red]not installed[/red]")
     clip = ClipSpec.parse(settings.clip_default)
     found = find_clip_weights(clip, settings.models_dir)
     table.add_row(settings.clip_default,
@@ -41,6 +42,7 @@ def models_fetch(
     model: Optional[str] = typer.Argument(None, help="clip:<architecture>:<tag>; default HM_CLIP_DEFAULT."),
 ) -> None:
     """Download CLIP weights into the models directory (needs internet: run it on a connected machine)."""
+    from app.embedding import OFFLINE_MODEL
     from app.embedding.models.clip import ClipSpec, download_clip_weights, find_clip_weights
 
     settings = get_settings()
@@ -66,7 +68,7 @@ def models_fetch(
             f"machine and copy its models folder (HM_MODELS_DIR) into {here}/ here; or\n"
             f"  2. download {url or 'the checkpoint'} by other means, put it in {here}/ and set\n"
             f"     HM_MODEL=clip:{spec.architecture}:{here}/<file name>\n"
-            "Until then HM_MODEL=auto uses the offline model efficientnet-lite0."
+            f"Until then HM_MODEL=auto uses the offline model {OFFLINE_MODEL}."
         )
         raise typer.Exit(1)
     console.print(f"fetched: {path}")

@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         default="auto",
-        description="auto | efficientnet-lite0 | clip:<architecture>:<pretrained tag or checkpoint path>.",
+        description="auto | efficientnet-lite1 | efficientnet-lite0 | "
+                    "clip:<architecture>:<pretrained tag or checkpoint path>.",
     )
     clip_default: str = Field(
         default="clip:ViT-B-32:laion2b_s34b_b79k", description="The CLIP model that `auto` and `models fetch` use."

@@ -117,10 +117,14 @@ def propose_regions(image: Image.Image, foreground: Foreground | None = None) ->
 
 def tight_box(image: Image.Image) -> Box | None:
     """The object's box for a registry photo, or None when it fills the frame anyway."""
-    boxes = propose_regions(image)
-    if not boxes:
+    return object_box(image, propose_regions(image))
+
+
+def object_box(image: Image.Image, proposals: list[Box]) -> Box | None:
+    """The object's box among a photo's proposals (the first), or None when it fills the frame anyway."""
+    if not proposals:
         return None
-    box = boxes[0]
+    box = proposals[0]
     return box if box.area < 0.85 * full_frame(image).area else None
 
 

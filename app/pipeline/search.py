@@ -39,7 +39,7 @@ from app.pipeline.retrieve import VectorIndex
 from app.pipeline.signature import PhotoAnalysis, VisualSignature, analyse_photo, colours_from_bytes, hamming
 from app.pipeline.surface import SURFACE_SIDE, QueryPyramid, compare_surface
 from app.pipeline.verdict import MIN_INLIERS, evidence_line, surface_agrees
-from app.registry.models import ArtefactStatus, Photo
+from app.registry.models import ArtefactStatus, Photo, object_fingerprint
 from app.registry.store import RegistryStore
 from app.schemas import MatchEvidence, ModelInfo, QueryInfo, Region, SearchResponse, SearchResult, photo_url
 
@@ -196,11 +196,34 @@ class PhotoSearch:
         region_of = np.repeat(np.arange(len(boxes)), ids.shape[1])
         owner = self.store.photo_owner_map(sorted({int(i) for i in ids.ravel() if i >= 0}))
         candidates = aggregate_by_artefact(scores.ravel(), ids.ravel(), owner, wanted, region_of)
+        candidates = self._compare_object_views(candidates, vectors)
         photo_ids = sorted({p for checked in photos_to_check(candidates, VERIFIED_CANDIDATES) for p in checked})
         stored = self.photo_evidence(photo_ids)
         evidence = gather_evidence(signature, candidates, stored, self.calibration, VERIFIED_CANDIDATES)
         evidence = self._compare_surfaces(image, signature, evidence, stored)
         return judge(candidates, evidence, self.calibration, [b.as_tuple() for b in boxes])[:top_k]
+
+    def _compare_object_views(self, candidates: list[Candidate], vectors: np.ndarray) -> list[Candidate]:
+        """The query's regions against the candidates' registry photos' object views (each photo's
+        object box embedded alone, ``MatchingService.prepare_photos``): an object seen from another
+        side, or on another backdrop, is closer box to box than frame to frame. A candidate's cosine
+        is its best over both views."""
+        photo_ids = sorted({p for c in candidates for p in (c.photo_ids or (c.photo_id,))})
+        stored = self.store.vectors_of(object_fingerprint(self.fingerprint), photo_ids)
+        views = {pid: v for pid, v in stored.items() if v.shape == (vectors.shape[1],)}  # empty: fills the frame
+        if not views:
+            return candidates
+        out = []
+        for c in candidates:
+            best = c
+            for pid in c.photo_ids or (c.photo_id,):
+                if pid in views:
+                    sims = vectors @ views[pid]
+                    region = int(np.argmax(sims))
+                    if float(sims[region]) > best.score:
+                        best = replace(c, photo_id=pid, score=float(sims[region]), region=region)
+            out.append(best)
+        return out
 
     def _compare_surfaces(self, image: Image.Image, signature: VisualSignature,
                           evidence: list[tuple[Evidence, int, GeometryResult]],

