@@ -139,11 +139,14 @@ class MatchingService:
                         failed += 1
                         log.error("Photo %d cannot be re-embedded: %s", photo.id, exc)
                 if images:
-                    vecs = self.encoder.embed(images)
-                    embedded += len(self.store.put_vectors(active, list(zip(ok, vecs))))
+                    # Both views from one decode: after a model switch every photo lacks both.
+                    frames, objects = self._embed_views(images, [propose_regions(im) for im in images])
+                    embedded += len(self.store.put_vectors(active, list(zip(ok, frames))))
+                    self.store.put_object_vectors(active, list(zip(ok, objects)))
                 if progress:
                     progress(len(chunk))
-            self._embed_object_views(progress)  # a photo that cannot be read was counted above
+            # Photos whose frame was embedded before the object views existed; an unreadable one was counted above.
+            self._embed_object_views(progress, tried={p.id for p in todo})
 
         def rebuild(saved: VectorIndex | None) -> VectorIndex:
             ids, vecs = self.store.vectors(active)
@@ -160,9 +163,10 @@ class MatchingService:
     def photos_missing_object_views(self) -> list[Photo]:
         return self.store.photos_missing_vectors(object_fingerprint(self.fingerprint))
 
-    def _embed_object_views(self, progress: Progress | None = None) -> None:
-        """Object views of photos registered before they existed (or under another model)."""
-        todo = self.photos_missing_object_views()
+    def _embed_object_views(self, progress: Progress | None = None,
+                            tried: frozenset[int] | set[int] = frozenset()) -> None:
+        """Object views of photos registered before they existed (``tried``: photos not to read again)."""
+        todo = [p for p in self.photos_missing_object_views() if p.id not in tried]
         for start in range(0, len(todo), self.encoder.batch_size):
             chunk = todo[start : start + self.encoder.batch_size]
             images, proposals, ok = [], [], []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,17 +29,7 @@ from scripts.common import script_parser
 
 def object_hue_histogram(fg: Foreground) -> np.ndarray:
     """The signature's whole-picture hue histogram, over the object's pixels only."""
-    hsv = cv2.cvtColor(fg.small, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.int64)
-    weights = (fg.mask.reshape(-1) > 0).astype(np.float64)
-    if not sig.MIN_OBJECT_SHARE <= weights.mean() <= sig.MAX_OBJECT_SHARE:
-        weights[:] = 1.0
-    chromatic = (hsv[:, 1] >= sig.MIN_SATURATION) & (hsv[:, 2] >= sig.MIN_VALUE)
-    hue = hsv[:, 0] * sig.HUE_BINS // 180
-    sat = np.clip((hsv[:, 1] - sig.MIN_SATURATION) * sig.SAT_BINS // (256 - sig.MIN_SATURATION), 0, sig.SAT_BINS - 1)
-    grey = sig.HUE_BINS * sig.SAT_BINS + hsv[:, 2] * sig.GREY_BINS // 256
-    bins = np.where(chromatic, hue * sig.SAT_BINS + sat, grey)
-    hist = np.sqrt(np.bincount(bins, weights=weights, minlength=sig.COLOUR_DIM) / max(weights.sum(), 1e-12))
-    return hist / max(float(np.linalg.norm(hist)), 1e-12)
+    return sig.hue_histogram(fg.small, sig.object_weights(fg))
 
 
 def describe(encoder, pack: Path, rows: list[dict]) -> dict[str, np.ndarray]:

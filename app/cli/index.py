@@ -16,8 +16,9 @@ def index_rebuild(
     service = open_service(start=False)
     service.encoder.load()
     try:
-        todo = (len(service.store.photos_missing_vectors(service.fingerprint))
-                + len(service.photos_missing_object_views())) if reembed else 0
+        # Photos lacking a frame vector, an object view or both: each is read once.
+        todo = len({p.id for p in service.store.photos_missing_vectors(service.fingerprint)}
+                   | {p.id for p in service.photos_missing_object_views()}) if reembed else 0
         unsigned = service.store.photos_missing_signatures()
         with progress_bar() as progress:
             task = progress.add_task("embedding", total=todo)

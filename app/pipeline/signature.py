@@ -64,24 +64,37 @@ def perceptual_hash(image: Image.Image) -> int:
 
 
 def colour_signature(image: Image.Image) -> np.ndarray:
-    rgb = np.asarray(image.convert("RGB").resize((128, 128), Image.Resampling.BILINEAR))
+    return hue_histogram(np.asarray(image.convert("RGB").resize((128, 128), Image.Resampling.BILINEAR)))
+
+
+def hue_histogram(rgb: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The hue x saturation (grey: brightness) histogram of an RGB array, its pixels weighted."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.int32)
+    w = None if weights is None else weights.reshape(-1)
     chromatic = (hsv[:, 1] >= MIN_SATURATION) & (hsv[:, 2] >= MIN_VALUE)
     hue = hsv[chromatic, 0] * HUE_BINS // 180
     sat = (hsv[chromatic, 1] - MIN_SATURATION) * SAT_BINS // (256 - MIN_SATURATION)
-    coloured = np.bincount(hue * SAT_BINS + sat, minlength=HUE_BINS * SAT_BINS)
-    grey = np.bincount(hsv[~chromatic, 2] * GREY_BINS // 256, minlength=GREY_BINS)
+    coloured = np.bincount(hue * SAT_BINS + sat, weights=None if w is None else w[chromatic],
+                           minlength=HUE_BINS * SAT_BINS)
+    grey = np.bincount(hsv[~chromatic, 2] * GREY_BINS // 256, weights=None if w is None else w[~chromatic],
+                       minlength=GREY_BINS)
     hist = np.concatenate([coloured, grey]).astype(np.float64)
     hist = np.sqrt(hist / max(float(hist.sum()), 1.0))  # Hellinger: the dot product is the Bhattacharyya coefficient
     return (hist / max(float(np.linalg.norm(hist)), 1e-12)).astype(np.float32)
 
 
-def object_colour_signature(foreground: Foreground) -> np.ndarray:
-    """CIELAB histogram (lightness x a* x b*) of the object's pixels, Hellinger-normalised."""
-    lab = cv2.cvtColor(foreground.small, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+def object_weights(foreground: Foreground) -> np.ndarray:
+    """1 on the object's pixels of the small copy, 0 elsewhere; 1 everywhere when no object was found."""
     weights = (foreground.mask.reshape(-1) > 0).astype(np.float64)
     if not MIN_OBJECT_SHARE <= weights.mean() <= MAX_OBJECT_SHARE:
         weights[:] = 1.0
+    return weights
+
+
+def object_colour_signature(foreground: Foreground) -> np.ndarray:
+    """CIELAB histogram (lightness x a* x b*) of the object's pixels, Hellinger-normalised."""
+    lab = cv2.cvtColor(foreground.small, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    weights = object_weights(foreground)
     # OpenCV's 8-bit Lab: L scaled to 0-255, a* and b* offset by 128.
     light = np.clip((lab[:, 0] / 256 * OBJECT_L_BINS).astype(np.int64), 0, OBJECT_L_BINS - 1)
     ab = np.clip(((lab[:, 1:] - 128 + OBJECT_AB_SPAN) / (2 * OBJECT_AB_SPAN) * OBJECT_AB_BINS).astype(np.int64),
